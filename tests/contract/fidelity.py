@@ -66,8 +66,18 @@ def _json_names(m: descriptor_pb2.DescriptorProto) -> dict[str, list[FDP]]:
         if f.HasField("oneof_index") and not f.proto3_optional:
             out.setdefault(m.oneof_decl[f.oneof_index].name, []).append(f)
         else:
-            out.setdefault(f.name, []).append(f)
+            out.setdefault(_json_key(f), []).append(f)
     return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _json_key(f: FDP) -> str:
+    """An explicit `json_name` (such as `include[]`) names the JSON key; else the field name."""
+    return f.json_name if f.json_name and f.json_name != _camel(f.name) else f.name
 
 
 def _is_map(model: ProtoModel, f: FDP) -> bool:
@@ -79,7 +89,7 @@ class Checker:
     def __init__(self, model: ProtoModel, report: Report) -> None:
         self.model = model
         self.report = report
-        self.seen: set[tuple[str, frozenset[str]]] = set()
+        self.seen: set[tuple[str, frozenset[str], frozenset[str]]] = set()
 
     def message(
         self,
@@ -90,7 +100,7 @@ class Checker:
         *,
         skip: Iterable[str] = (),
     ) -> None:
-        key = (type_name, frozenset(props))
+        key = (type_name, frozenset(props), frozenset(required))
         if key in self.seen:
             return
         self.seen.add(key)

@@ -34,7 +34,23 @@ def load_spec() -> dict[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with OPENAPI.open("rb") as fh:
         spec: dict[str, Any] = yaml.load(fh, Loader=loader)
+    for name, schema in spec["components"]["schemas"].items():
+        if isinstance(schema, dict) and schema.get("$recursiveAnchor"):
+            _bind_recursive_refs(schema, f"#/components/schemas/{name}")
     return spec
+
+
+def _bind_recursive_refs(node: Any, target: str) -> None:
+    """`$recursiveRef: "#"` inside an anchored schema points back at that schema."""
+    if isinstance(node, dict):
+        if node.get("$recursiveRef") == "#":
+            del node["$recursiveRef"]
+            node["$ref"] = target
+        for v in node.values():
+            _bind_recursive_refs(v, target)
+    elif isinstance(node, list):
+        for v in node:
+            _bind_recursive_refs(v, target)
 
 
 def load_endpoints() -> list[Endpoint]:
@@ -107,17 +123,34 @@ def object_shape(schema: Schema) -> tuple[dict[str, Schema], set[str]] | None:
             found = True
     variant_shapes = [s for s in (object_shape(v) for v in _variants(schema)) if s is not None]
     if variant_shapes:
+        merged: dict[str, list[Schema]] = {}
         for vp, _ in variant_shapes:
             for k, v in vp.items():
-                props.setdefault(k, v)
+                merged.setdefault(k, []).append(v)
+        for k, schemas in merged.items():
+            if k not in props:
+                # A property several variants define (perhaps with different types) is a union.
+                props[k] = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
         common = set.intersection(*(r for _, r in variant_shapes))
         required |= common if len(variant_shapes) == len(
-            [v for v in _variants(schema) if not _is_null_type(v)]
+            [v for v in _variants(schema) if not _is_null_type(v) and not _is_non_object(v)]
         ) else set()
         found = True
     if not found:
         return None
     return props, required
+
+
+def _is_non_object(schema: Schema) -> bool:
+    """A scalar or array variant (`"auto"`, a bare id, a list): another member of the oneof,
+    so it does not make the object member's required properties optional."""
+    schema = deref(schema)
+    if schema.get("type") in ("string", "integer", "number", "boolean", "array"):
+        return True
+    variants = _variants(schema)
+    return bool(variants) and "properties" not in schema and all(
+        _is_non_object(v) or _is_null_type(v) for v in variants
+    )
 
 
 def _is_null_type(schema: Schema) -> bool:
