@@ -1,0 +1,68 @@
+"""`openai-grpc-server` / `python -m openai_grpc_server`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from openai_grpc_server import app, config, telemetry
+
+
+def _demo_hint(port: int) -> str:
+    data = '{"model":"gpt-4o-mini","messages":[{"role":"user","content_text":"hi"}]}'
+    return (
+        f"openai-grpc demo gateway on localhost:{port} (fake upstream, no key needed). Try:\n"
+        f"  grpcurl -plaintext -d '{data}' localhost:{port} openai_grpc.v1.ChatService/CreateChatCompletion"
+    )
+
+
+async def _run(settings: config.Settings) -> None:
+    fake = None
+    if settings.demo:
+        from openai_grpc_server.fake_upstream import FakeUpstream  # noqa: PLC0415
+
+        fake = FakeUpstream(host="127.0.0.1", port=0)
+        await fake.start()
+        settings = dataclasses.replace(settings, base_url=fake.base_url)
+
+    def ready(running: app.Running) -> None:
+        if settings.demo:
+            print(_demo_hint(running.port), flush=True)
+        else:
+            print(f"openai-grpc gateway listening on {settings.host}:{running.port}", flush=True)
+
+    try:
+        await app.serve(settings, on_ready=ready)
+    finally:
+        if fake is not None:
+            await fake.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = config.load(argv)
+    except config.ConfigError as exc:
+        print(f"openai-grpc-server: {exc}", file=sys.stderr)
+        return 2
+    telemetry.setup_logging(settings.log_level)
+    telemetry.setup_metrics(settings.metrics_port)
+    try:
+        import uvloop  # noqa: PLC0415
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is optional on other platforms
+        runner = asyncio.run
+    try:
+        runner(_run(settings))
+    except OSError as exc:
+        print(f"openai-grpc-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Builds the grpc.aio server from the route table; lifecycle, health, reflection, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from openai_grpc_server import routes
+from openai_grpc_server.config import Settings
+from openai_grpc_server.gateway import Context, Gateway
+from openai_grpc_server.resilience import ResiliencePolicy
+from openai_grpc_server.routes import Kind, Route
+from openai_grpc_server.services.streams import relay_binary, relay_events
+from openai_grpc_server.services.uploads import relay_upload
+from openai_grpc_server.telemetry import Telemetry
+from openai_grpc_server.upstream.client import UpstreamClient
+
+log = logging.getLogger("openai_grpc.app")
+
+
+def _handler(gw: Gateway, route: Route) -> grpc.RpcMethodHandler:
+    des = route.input_cls.FromString
+    ser = route.output_cls.SerializeToString
+    if route.kind is Kind.UNARY:
+        return grpc.unary_unary_rpc_method_handler(gw.unary(route), des, ser)
+    if route.kind is Kind.UPLOAD:
+
+        async def upload(requests: AsyncIterator[Any], context: Context) -> Any:
+            async with gw.slots:
+                return await relay_upload(gw, route, requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(upload, des, ser)
+    relay: Callable[..., AsyncIterator[Any]] = relay_events if route.kind is Kind.EVENTS else relay_binary
+
+    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        async with gw.slots:
+            async for message in relay(gw, route, request, context):
+                yield message
+
+    return grpc.unary_stream_rpc_method_handler(stream, des, ser)
+
+
+def generic_handlers(gw: Gateway, table: list[Route]) -> list[grpc.GenericRpcHandler]:
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for route in table:
+        by_service.setdefault(route.service, {})[route.name] = _handler(gw, route)
+    return [grpc.method_handlers_generic_handler(svc, methods) for svc, methods in by_service.items()]
+
+
+@dataclasses.dataclass
+class Running:
+    server: grpc.aio.Server
+    port: int
+    gateway: Gateway
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.gateway.upstream.aclose()
+
+
+def _credentials(s: Settings) -> grpc.ServerCredentials | None:
+    if not s.tls_cert or not s.tls_key:
+        return None
+    with open(s.tls_cert, "rb") as c, open(s.tls_key, "rb") as k:
+        pair = [(k.read(), c.read())]
+    ca = None
+    if s.tls_client_ca:
+        with open(s.tls_client_ca, "rb") as f:
+            ca = f.read()
+    return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
+
+
+async def start(settings: Settings, *, interceptors: tuple[Any, ...] = ()) -> Running:
+    telemetry = Telemetry()
+    policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
+    upstream = UpstreamClient(settings.upstream())
+    gw = Gateway(upstream, settings.authenticator(), policy, telemetry, max_concurrent=settings.max_concurrent_rpcs)
+    table = routes.load_routes()
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1),
+        # Long-lived streams through Kubernetes load balancers: keep idle connections alive.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    server.add_generic_rpc_handlers(generic_handlers(gw, table))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = sorted({r.service for r in table})
+    if settings.reflection:
+        reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = f"{settings.host}:{settings.port}"
+    creds = _credentials(settings)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    for svc in services:
+        await health_servicer.set(svc, serving)
+    log.info("gateway listening", extra={"address": f"{settings.host}:{port}", "rpcs": len(table)})
+    return Running(server, port, gw, health_servicer)
+
+
+async def serve(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT: then NOT_SERVING, drain in-flight RPCs within the grace, exit."""
+    running = await start(settings)
+    if on_ready:
+        on_ready(running)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+    await running.stop(settings.grace_seconds)
+    log.info("stopped")

@@ -1,0 +1,373 @@
+"""Proto <-> OpenAI JSON, driven by the descriptors (rules in protos/STYLE.md).
+
+`json_format` does not fit: it writes int64 as strings, cannot map a JSON union onto a oneof,
+and drops unknown keys. This codec builds one plan per message type on first use and then
+maps plain Python values (what orjson produces and consumes) field by field:
+
+- a real `oneof` named like a JSON key is a union; the member is chosen by the JSON type;
+- `...List` messages with one repeated field are bare JSON arrays;
+- unknown keys go into `extra` (field 1000) on decode and are merged back on encode;
+- null and absent are the same; a scalar is written when it is set (proto3 `optional`), or
+  non-default, or marked `(google.api.field_behavior) = REQUIRED`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from google.api import field_behavior_pb2
+from google.protobuf import descriptor, json_format
+from google.protobuf.message import Message
+
+FD = descriptor.FieldDescriptor
+JSON = Any
+
+EXTRA = "extra"
+_JSON_WKT = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+_INT_TYPES = {
+    FD.TYPE_INT64, FD.TYPE_INT32, FD.TYPE_UINT64, FD.TYPE_UINT32, FD.TYPE_SINT64,
+    FD.TYPE_SINT32, FD.TYPE_FIXED64, FD.TYPE_FIXED32, FD.TYPE_SFIXED64, FD.TYPE_SFIXED32,
+}
+_FLOAT_TYPES = {FD.TYPE_DOUBLE, FD.TYPE_FLOAT}
+_TEXT = {FD.TYPE_STRING, FD.TYPE_BYTES}
+
+
+class CodecError(ValueError):
+    """A JSON value does not fit the proto field it names."""
+
+
+def _kind_of(value: JSON) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def is_list_wrapper(desc: descriptor.Descriptor) -> bool:
+    return (
+        desc.name.endswith("List")
+        and len(desc.fields) == 1
+        and desc.fields[0].is_repeated
+        and desc.full_name not in _JSON_WKT
+    )
+
+
+def envelope_field(desc: descriptor.Descriptor) -> FD | None:
+    """The resource field of an envelope response (`GetModelResponse { Model model = 1; }`)."""
+    if len(desc.fields) != 1:
+        return None
+    f = desc.fields[0]
+    if f.is_repeated or f.type != FD.TYPE_MESSAGE:
+        return None
+    if f.message_type.full_name in _JSON_WKT or f.message_type.GetOptions().map_entry:
+        return None
+    return f
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def json_key(f: FD) -> str:
+    """The OpenAI key of a field: its name, or an explicit `json_name` such as `include[]`."""
+    return f.json_name if f.json_name != _camel(f.name) else f.name
+
+
+def _required(f: FD) -> bool:
+    opts = f.GetOptions()
+    return field_behavior_pb2.REQUIRED in opts.Extensions[field_behavior_pb2.field_behavior]
+
+
+def _element_kind(f: FD) -> str:
+    """JSON kind of one value of field `f` (for choosing a union member)."""
+    if f.type == FD.TYPE_MESSAGE:
+        mt = f.message_type
+        if mt.full_name == "google.protobuf.Value":
+            return "any"
+        if mt.full_name == "google.protobuf.ListValue" or is_list_wrapper(mt):
+            return "list"
+        return "object"
+    if f.type == FD.TYPE_BOOL:
+        return "bool"
+    if f.type in _INT_TYPES or f.type in _FLOAT_TYPES:
+        return "number"
+    return "string"
+
+
+def _list_element_kind(f: FD) -> str:
+    """For a list-wrapper member: the JSON kind of its elements."""
+    inner = f.message_type.fields[0] if is_list_wrapper(f.message_type) else None
+    if inner is None:
+        return "any"
+    return _element_kind(inner)
+
+
+@dataclasses.dataclass
+class _Union:
+    name: str
+    members: list[FD]
+
+    def pick(self, value: JSON) -> FD | None:
+        kind = _kind_of(value)
+        if kind == "list":
+            first = _kind_of(value[0]) if value else None
+            lists = [m for m in self.members if _element_kind(m) == "list"]
+            for m in lists:
+                if first is None or _list_element_kind(m) in (first, "any"):
+                    return m
+            return lists[0] if lists else self._any()
+        for m in self.members:
+            if _element_kind(m) == kind:
+                return m
+        return self._any()
+
+    def _any(self) -> FD | None:
+        for m in self.members:
+            if _element_kind(m) == "any":
+                return m
+        return None
+
+
+@dataclasses.dataclass
+class _Plan:
+    desc: descriptor.Descriptor
+    fields: dict[str, FD]
+    unions: dict[str, _Union]
+    required: frozenset[str]
+    has_extra: bool
+    wrapper: bool
+
+
+_plans: dict[str, _Plan] = {}
+
+
+def plan_for(desc: descriptor.Descriptor) -> _Plan:
+    plan = _plans.get(desc.full_name)
+    if plan is not None:
+        return plan
+    fields: dict[str, FD] = {}
+    unions: dict[str, _Union] = {}
+    for oneof in desc.oneofs:
+        synthetic = len(oneof.fields) == 1 and oneof.fields[0].has_presence and oneof.name.startswith("_")
+        if not synthetic:
+            unions[oneof.name] = _Union(oneof.name, list(oneof.fields))
+    in_union = {f.name for u in unions.values() for f in u.members}
+    for f in desc.fields:
+        if f.name != EXTRA and f.name not in in_union:
+            fields[json_key(f)] = f
+    plan = _Plan(
+        desc=desc,
+        fields=fields,
+        unions=unions,
+        required=frozenset(f.name for f in desc.fields if _required(f)),
+        has_extra=EXTRA in desc.fields_by_name,
+        wrapper=is_list_wrapper(desc),
+    )
+    _plans[desc.full_name] = plan
+    return plan
+
+
+# --- JSON -> proto ---------------------------------------------------------------------------
+
+def _scalar(f: FD, value: JSON) -> Any:
+    t = f.type
+    if t == FD.TYPE_STRING:
+        if isinstance(value, str):
+            return value
+        raise CodecError(f"{f.name}: expected a string")
+    if t == FD.TYPE_BOOL:
+        if isinstance(value, bool):
+            return value
+        raise CodecError(f"{f.name}: expected a boolean")
+    if t in _INT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CodecError(f"{f.name}: expected an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise CodecError(f"{f.name}: expected an integer")
+            return int(value)
+        return value
+    if t in _FLOAT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CodecError(f"{f.name}: expected a number")
+        return float(value)
+    if t == FD.TYPE_BYTES:
+        if isinstance(value, str):
+            return base64.b64decode(value)
+        raise CodecError(f"{f.name}: expected base64 text")
+    if t == FD.TYPE_ENUM:
+        if isinstance(value, str):
+            return f.enum_type.values_by_name[value].number
+        return int(value)
+    raise CodecError(f"{f.name}: unsupported field type {t}")
+
+
+def _decode_wkt(value: JSON, target: Message) -> None:
+    json_format.ParseDict(value, target)
+
+
+def decode_into(value: JSON, msg: Message) -> None:
+    """Fill `msg` from the JSON value (an object, or an array for a list wrapper)."""
+    plan = plan_for(msg.DESCRIPTOR)
+    if plan.desc.full_name in _JSON_WKT:
+        _decode_wkt(value, msg)
+        return
+    if plan.wrapper:
+        if not isinstance(value, list):
+            raise CodecError(f"{plan.desc.name}: expected an array")
+        _set_repeated(msg, plan.desc.fields[0], value)
+        return
+    if not isinstance(value, dict):
+        raise CodecError(f"{plan.desc.name}: expected an object")
+    extra: dict[str, JSON] | None = None
+    for key, item in value.items():
+        if item is None:
+            continue
+        f = plan.fields.get(key)
+        try:
+            if f is not None:
+                set_field(msg, f, item)
+                continue
+            union = plan.unions.get(key)
+            if union is not None:
+                member = union.pick(item)
+                if member is not None:
+                    set_field(msg, member, item)
+                    continue
+        except CodecError:
+            if not plan.has_extra:
+                raise
+            # A value of an unexpected type is kept, not dropped: it lands in `extra`.
+        if plan.has_extra:
+            if extra is None:
+                extra = {}
+            extra[key] = item
+    if extra:
+        getattr(msg, EXTRA).update(extra)
+
+
+def set_field(msg: Message, f: FD, value: JSON) -> None:
+    if f.is_repeated:
+        if f.type == FD.TYPE_MESSAGE and f.message_type.GetOptions().map_entry:
+            _set_map(msg, f, value)
+        else:
+            if not isinstance(value, list):
+                raise CodecError(f"{f.name}: expected an array")
+            _set_repeated(msg, f, value)
+        return
+    if f.type == FD.TYPE_MESSAGE:
+        sub = getattr(msg, f.name)
+        decode_into(value, sub)
+        if not sub.ListFields() and hasattr(msg, "SetInParent"):
+            sub.SetInParent()  # `{}` is present, not absent
+        return
+    setattr(msg, f.name, _scalar(f, value))
+
+
+def _set_repeated(msg: Message, f: FD, values: list[JSON]) -> None:
+    target = getattr(msg, f.name)
+    if f.type == FD.TYPE_MESSAGE:
+        for item in values:
+            decode_into(item if item is not None else {}, target.add())
+    else:
+        target.extend(_scalar(f, v) for v in values)
+
+
+def _set_map(msg: Message, f: FD, value: JSON) -> None:
+    if not isinstance(value, dict):
+        raise CodecError(f"{f.name}: expected an object")
+    target = getattr(msg, f.name)
+    vf = f.message_type.fields_by_name["value"]
+    for k, v in value.items():
+        if v is None:
+            continue
+        if vf.type == FD.TYPE_MESSAGE:
+            decode_into(v, target[k])
+        else:
+            target[k] = _scalar(vf, v)
+
+
+def from_json(value: JSON, cls: Callable[[], Message]) -> Message:
+    msg = cls()
+    decode_into(value, msg)
+    return msg
+
+
+def decode_response(value: JSON, msg: Message) -> None:
+    """Fill a response message from the upstream body: envelopes take the whole body."""
+    env = envelope_field(msg.DESCRIPTOR)
+    if env is not None:
+        set_field(msg, env, value)
+    else:
+        decode_into(value, msg)
+
+
+# --- proto -> JSON ---------------------------------------------------------------------------
+
+def _encode_value(f: FD, value: Any) -> JSON:
+    if f.type == FD.TYPE_MESSAGE:
+        return encode(value)
+    if f.type == FD.TYPE_BYTES:
+        return base64.b64encode(value).decode("ascii")
+    if f.type == FD.TYPE_ENUM:
+        return f.enum_type.values_by_number[value].name
+    return value
+
+
+def encode(msg: Message) -> JSON:
+    """The OpenAI JSON for `msg` (an object, or an array for a list wrapper)."""
+    plan = plan_for(msg.DESCRIPTOR)
+    if plan.desc.full_name in _JSON_WKT:
+        return _ints(json_format.MessageToDict(msg))
+    if plan.wrapper:
+        f = plan.desc.fields[0]
+        return [_encode_value(f, v) for v in getattr(msg, f.name)]
+    out: dict[str, JSON] = {}
+    for name, f in plan.fields.items():
+        value = getattr(msg, f.name)
+        if f.is_repeated:
+            if f.type == FD.TYPE_MESSAGE and f.message_type.GetOptions().map_entry:
+                if value:
+                    vf = f.message_type.fields_by_name["value"]
+                    out[name] = {k: _encode_value(vf, v) for k, v in value.items()}
+            elif value or f.name in plan.required:
+                out[name] = [_encode_value(f, v) for v in value]
+        elif f.type == FD.TYPE_MESSAGE:
+            if msg.HasField(f.name):
+                out[name] = encode(value)
+        elif f.has_presence:
+            if msg.HasField(f.name):
+                out[name] = _encode_value(f, value)
+        elif value or (f.name in plan.required and f.type not in _TEXT):
+            # A required 0 or false is a value; a required empty string is only "not set".
+            out[name] = _encode_value(f, value)
+    for uname in plan.unions:
+        member = msg.WhichOneof(uname)
+        if member is not None:
+            mf = plan.desc.fields_by_name[member]
+            out[uname] = _encode_value(mf, getattr(msg, member))
+    if plan.has_extra and msg.HasField(EXTRA):
+        out.update(_ints(json_format.MessageToDict(getattr(msg, EXTRA))))
+    return out
+
+
+def _ints(value: JSON) -> JSON:
+    """Struct stores every number as a double: give integral ones back as ints (`n: 2`, not 2.0)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value

@@ -1,0 +1,157 @@
+"""The route table: every RPC of the contract and the REST call it makes, read from the
+`google.api.http` options in the descriptor pool. Nothing here is written per RPC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import pkgutil
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor, message_factory
+from google.protobuf.message import Message
+
+from openai_grpc_server import codec
+
+CONTRACT_PACKAGE = "openai_grpc.v1"
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+# OpenAI's beta APIs want this header; the gateway adds it so callers need not know.
+_ASSISTANTS_BETA_PREFIXES = ("/assistants", "/threads", "/vector_stores")
+
+
+class Kind(enum.Enum):
+    UNARY = "unary"  # JSON in, JSON out
+    EVENTS = "events"  # server stream of SSE events
+    BINARY = "binary"  # server stream of bytes (downloads, speech)
+    UPLOAD = "upload"  # client stream: metadata, then file chunks -> multipart
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    service: str
+    name: str
+    http_method: str
+    path_template: str
+    path_params: tuple[str, ...]
+    has_body: bool
+    kind: Kind
+    input_desc: descriptor.Descriptor
+    output_desc: descriptor.Descriptor
+    input_cls: type[Message]
+    output_cls: type[Message]
+
+    @property
+    def full_method(self) -> str:
+        return f"/{self.service}/{self.name}"
+
+    @property
+    def endpoint(self) -> str:
+        """Stable label for metrics, logs and breaker keys: `POST /chat/completions`."""
+        return f"{self.http_method} {self.path_template}"
+
+    @property
+    def beta_header(self) -> str | None:
+        return "assistants=v2" if self.path_template.startswith(_ASSISTANTS_BETA_PREFIXES) else None
+
+    def upload_metadata_desc(self) -> descriptor.Descriptor:
+        return self.input_desc.fields_by_name["metadata"].message_type
+
+    def build_path(self, params: dict[str, Any]) -> str:
+        def sub(m: re.Match[str]) -> str:
+            return quote(str(params[m.group(1)]), safe="")
+
+        return _PARAM.sub(sub, self.path_template)
+
+
+def _kind(method: descriptor.MethodDescriptor) -> Kind:
+    out = method.output_type
+    if method.client_streaming:
+        return Kind.UPLOAD
+    if method.server_streaming:
+        if "events" in out.fields_by_name:
+            return Kind.EVENTS
+        return Kind.BINARY
+    return Kind.UNARY
+
+
+def contract_modules() -> Iterator[Any]:
+    """Import every generated `*_pb2` module of the contract (registers it in the pool)."""
+    pkg = importlib.import_module(CONTRACT_PACKAGE)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.endswith("_pb2"):
+            yield importlib.import_module(f"{CONTRACT_PACKAGE}.{info.name}")
+
+
+def load_routes() -> list[Route]:
+    routes: list[Route] = []
+    for module in contract_modules():
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                opts = method.GetOptions()
+                if not opts.HasExtension(annotations_pb2.http):
+                    continue
+                rule = opts.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                if verb is None or verb == "custom":
+                    continue
+                template = getattr(rule, verb)
+                routes.append(
+                    Route(
+                        service=service.full_name,
+                        name=method.name,
+                        http_method=verb.upper(),
+                        path_template=template,
+                        path_params=tuple(_PARAM.findall(template)),
+                        has_body=rule.body == "*",
+                        kind=_kind(method),
+                        input_desc=method.input_type,
+                        output_desc=method.output_type,
+                        input_cls=message_factory.GetMessageClass(method.input_type),
+                        output_cls=message_factory.GetMessageClass(method.output_type),
+                    )
+                )
+    return routes
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamRequest:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    body: dict[str, Any] | None
+
+
+def _query_items(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, bool):
+        yield key, "true" if value else "false"
+    elif isinstance(value, list):
+        for v in value:
+            yield from _query_items(key, v)
+    elif isinstance(value, dict):
+        # OpenAI's deepObject style: metadata[key]=value
+        for k, v in value.items():
+            yield from _query_items(f"{key}[{k}]", v)
+    elif value is not None:
+        yield key, str(value)
+
+
+def build_request(route: Route, msg: Message, *, stream: bool = False) -> UpstreamRequest:
+    """The REST call for one request message: path parameters, then query or JSON body."""
+    data = codec.encode(msg)
+    assert isinstance(data, dict)
+    params = {p: data.pop(p, "") for p in route.path_params}
+    path = route.build_path(params)
+    if route.has_body:
+        # Array query parameters (`include[]`) stay in the query string even when there is a body.
+        query = [item for k in [k for k in data if k.endswith("[]")] for item in _query_items(k, data.pop(k))]
+        if stream:
+            data["stream"] = True
+        return UpstreamRequest(route.http_method, path, query, data)
+    query = [item for k, v in data.items() for item in _query_items(k, v)]
+    return UpstreamRequest(route.http_method, path, query, None)

@@ -1,0 +1,258 @@
+"""Server-streaming relays: SSE events and binary downloads.
+
+The upstream response is opened inside the resilience policy, and the first read happens there
+too, so a failure before the caller has received anything is retried like a unary call. After
+the first message nothing is retried: a cut stream ends with ABORTED / STREAM_INTERRUPTED and
+the number of messages delivered. The upstream response is closed on every exit, cancellation
+included, and `CancelledError` always propagates (swallowing it leaks memory in grpc.aio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+
+from openai_grpc_server import codec, routes, validation
+from openai_grpc_server.errors import (
+    OpenAIError,
+    StreamInterrupted,
+    classify_exception,
+    classify_stream_error,
+)
+from openai_grpc_server.gateway import Call, Context, Gateway, _is_abort, total_tokens, usage_of
+from openai_grpc_server.resilience import Attempt
+from openai_grpc_server.routes import Route
+from openai_grpc_server.upstream.client import forwarded_metadata
+from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
+
+DONE = "[DONE]"
+# Responses-API streams end with one of these events instead of [DONE].
+_TERMINAL_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "done"})
+
+
+@dataclasses.dataclass
+class _Open:
+    response: httpx.Response
+    chunks: AsyncIterator[bytes]
+    first: list[Any]  # events (or bytes) of the first non-empty read
+    done: bool = False
+
+
+class EventConverter:
+    """SSE event -> element of the stream response's `events` field."""
+
+    def __init__(self, route: Route) -> None:
+        field = route.output_desc.fields_by_name["events"]
+        self.event_cls: Callable[[], Message] = message_factory.GetMessageClass(field.message_type)
+        self.named = "event" in field.message_type.fields_by_name and "type" not in field.message_type.fields_by_name
+
+    def convert(self, sse: SSEEvent, payload: Any) -> Message:
+        msg = self.event_cls()
+        if self.named:
+            # Assistants: the SSE event name says which object the data is.
+            msg.event = sse.event  # type: ignore[attr-defined]
+            member = _member_for(sse.event)
+            target = msg.DESCRIPTOR.fields_by_name.get(member)
+            if target is not None:
+                codec.set_field(msg, target, payload)
+            elif "extra" in msg.DESCRIPTOR.fields_by_name:
+                codec.decode_into({"data": payload}, msg)  # an event this proto does not know yet
+            return msg
+        codec.decode_into(payload, msg)
+        return msg
+
+
+def _member_for(event: str) -> str:
+    """`thread.run.step.delta` -> `run_step_delta`; `thread.message.created` -> `message`."""
+    parts = event.split(".")
+    if parts and parts[0] == "thread":
+        parts = parts[1:]
+    if len(parts) <= 1:
+        return "thread" if parts and parts[0] != "error" else (parts[0] if parts else "")
+    verb = parts[-1]
+    base = "_".join(parts[:-1])
+    return f"{base}_delta" if verb == "delta" else base
+
+
+def _is_error(sse: SSEEvent, payload: Any) -> bool:
+    if sse.event == "error":
+        return True
+    return isinstance(payload, dict) and (
+        isinstance(payload.get("error"), dict) and "choices" not in payload or payload.get("type") == "error"
+    )
+
+
+async def relay_events(gw: Gateway, route: Route, request: Message, context: Context) -> AsyncIterator[Message]:
+    call: Call | None = None
+    sent = 0
+    opened: _Open | None = None
+    converter = EventConverter(route)
+    try:
+        validation.check(route, request, streaming=True)
+        req = routes.build_request(route, request, stream=True)
+        call = gw.begin(route, request, context, req.body, len(orjson.dumps(req.body)) if req.body else 0)
+        decoder = SSEDecoder()
+        active = call
+
+        async def attempt(a: Attempt) -> _Open:
+            response = await gw.upstream.send(
+                req.method, req.path, cred=active.credential, query=req.query, json_body=req.body,
+                timeout=a.timeout, beta=route.beta_header, stream=True,
+            )
+            try:
+                chunks = response.aiter_bytes()
+                async for chunk in chunks:
+                    events = decoder.feed(chunk)
+                    if events:
+                        return _Open(response, chunks, events)
+                raise StreamInterrupted("OpenAI closed the stream before sending any event")
+            except BaseException as exc:
+                await asyncio.shield(response.aclose())
+                if isinstance(exc, httpx.HTTPError):
+                    raise classify_exception(exc) from exc
+                raise
+
+        opened, reservation = await gw.policy.execute(call.op, attempt)
+        gw.policy.observe_headers(call.op, opened.response.headers)
+        trailing = forwarded_metadata(opened.response.headers)
+        context.set_trailing_metadata(trailing)
+        usage: dict[str, Any] | None = None
+        finished = False
+        batch: list[SSEEvent] = opened.first
+        while True:
+            out: list[Message] = []
+            for sse in batch:
+                if sse.data == DONE:
+                    finished = True
+                    continue
+                try:
+                    payload = orjson.loads(sse.data)
+                except orjson.JSONDecodeError:
+                    raise StreamInterrupted(
+                        f"OpenAI sent an event that is not JSON after {sent} messages",
+                        metadata={"messagesDelivered": str(sent)},
+                    ) from None
+                if _is_error(sse, payload):
+                    raise classify_stream_error(payload)
+                found = usage_of(payload)
+                if found is not None:
+                    usage = found
+                etype = payload.get("type") if isinstance(payload, dict) else None
+                if sse.event in _TERMINAL_TYPES or etype in _TERMINAL_TYPES:
+                    finished = True
+                out.append(converter.convert(sse, payload))
+            if out:
+                yield route.output_cls(events=out)
+                sent += 1
+                gw.telemetry.streamed(route.endpoint, call.model, len(out))
+            try:
+                chunk = await anext(opened.chunks)
+            except StopAsyncIteration:
+                break
+            except httpx.HTTPError as exc:
+                err = classify_exception(exc)
+                raise StreamInterrupted(
+                    f"the upstream stream broke after {sent} messages: {err.message}",
+                    metadata={"messagesDelivered": str(sent)},
+                ) from exc
+            batch = decoder.feed(chunk)
+        batch = decoder.close()
+        if any(e.data == DONE for e in batch):
+            finished = True
+        if not finished:
+            raise StreamInterrupted(
+                f"OpenAI ended the stream without finishing it, after {sent} messages",
+                metadata={"messagesDelivered": str(sent)},
+            )
+        reservation.settle(total_tokens(usage) if usage else 0)
+        if usage:
+            gw.telemetry.usage(call.model, usage)
+        gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
+    except asyncio.CancelledError:
+        # The caller left or its deadline passed: not an upstream failure.
+        raise
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        if isinstance(exc, OpenAIError) and sent and call is not None:
+            if not isinstance(exc, StreamInterrupted):
+                exc.metadata.setdefault("messagesDelivered", str(sent))
+            gw.policy.record_outcome(call.op, exc)
+        await gw.fail(context, call, route, exc)
+    finally:
+        if opened is not None:
+            await asyncio.shield(opened.response.aclose())
+
+
+async def relay_binary(gw: Gateway, route: Route, request: Message, context: Context) -> AsyncIterator[Message]:
+    """Downloads and speech: relay bytes as they arrive, one `BinaryChunk` per upstream read."""
+    call: Call | None = None
+    opened: _Open | None = None
+    sent = 0
+    try:
+        validation.check(route, request)
+        req = routes.build_request(route, request)
+        call = gw.begin(route, request, context, req.body, 0)
+        active = call
+
+        async def attempt(a: Attempt) -> _Open:
+            response = await gw.upstream.send(
+                req.method, req.path, cred=active.credential, query=req.query, json_body=req.body,
+                timeout=a.timeout, beta=route.beta_header, stream=True,
+            )
+            try:
+                chunks = response.aiter_raw()
+                async for chunk in chunks:
+                    if chunk:
+                        return _Open(response, chunks, [chunk])
+                return _Open(response, chunks, [], done=True)
+            except BaseException as exc:
+                await asyncio.shield(response.aclose())
+                if isinstance(exc, httpx.HTTPError):
+                    raise classify_exception(exc) from exc
+                raise
+
+        opened, reservation = await gw.policy.execute(call.op, attempt)
+        reservation.settle(0)
+        context.set_trailing_metadata(forwarded_metadata(opened.response.headers))
+        ctype = opened.response.headers.get("content-type", "application/octet-stream")
+        pending = opened.first
+        chunk_cls = route.output_desc.fields_by_name["chunk"].message_type
+        make_chunk = message_factory.GetMessageClass(chunk_cls)
+        first = True
+        while True:
+            for data in pending:
+                piece = make_chunk(data=data)
+                if first:
+                    piece.content_type = ctype  # type: ignore[attr-defined]
+                    first = False
+                yield route.output_cls(chunk=piece)
+                sent += 1
+            if opened.done:
+                break
+            try:
+                pending = [await anext(opened.chunks)]
+            except StopAsyncIteration:
+                break
+            except httpx.HTTPError as exc:
+                raise StreamInterrupted(
+                    f"the download broke after {sent} chunks: {classify_exception(exc).message}",
+                    metadata={"messagesDelivered": str(sent)},
+                ) from exc
+        gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        await gw.fail(context, call, route, exc)
+    finally:
+        if opened is not None:
+            await asyncio.shield(opened.response.aclose())

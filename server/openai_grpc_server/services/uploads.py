@@ -1,0 +1,171 @@
+"""Client-streaming uploads: metadata first, then file chunks, streamed into a multipart body.
+
+The multipart body is produced while the caller's chunks arrive, so a 256 MiB file never sits
+in memory: gRPC flow control holds the caller back while OpenAI reads slowly. The body cannot
+be replayed, so an upload is not retried once its first byte has gone upstream; a failure
+before that (breaker open, limiter full) is reported like any other call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.message import Message
+
+from openai_grpc_server import codec, routes, validation
+from openai_grpc_server.errors import MalformedRequest, OpenAIError
+from openai_grpc_server.gateway import Call, Context, Gateway, _is_abort, total_tokens, usage_of
+from openai_grpc_server.resilience import Attempt
+from openai_grpc_server.routes import Route
+from openai_grpc_server.upstream.client import forwarded_metadata
+
+# The multipart field a chunk with an empty `field` belongs to, by endpoint.
+_MAIN_FILE_FIELD = {
+    "/uploads/{upload_id}/parts": "data",
+    "/images/edits": "image",
+    "/images/variations": "image",
+}
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+
+
+def form_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Flatten metadata the way OpenAI's SDKs do: lists as `name[]`, objects as `name[key]`."""
+    out: list[tuple[str, str]] = []
+
+    def add(key: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        elif isinstance(value, list):
+            for item in value:
+                add(f"{key}[]", item)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                add(f"{key}[{k}]", v)
+        else:
+            out.append((key, str(value)))
+
+    for k, v in data.items():
+        add(k, v)
+    return out
+
+
+class MultipartStream:
+    """Yields the multipart body: text fields, then each file part as its chunks arrive."""
+
+    def __init__(self, fields: list[tuple[str, str]], chunks: AsyncIterator[Message], first: Message | None,
+                 main_field: str) -> None:
+        self.boundary = "openai-grpc-" + secrets.token_hex(12)
+        self.fields = fields
+        self.chunks = chunks
+        self.first = first
+        self.main_field = main_field
+        self.started = False
+        self.bytes_sent = 0
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def _head(self, name: str, filename: str | None = None, ctype: str | None = None) -> bytes:
+        disp = f'form-data; name="{_quote(name)}"'
+        if filename is not None:
+            disp += f'; filename="{_quote(filename or "upload")}"'
+        lines = [f"--{self.boundary}", f"Content-Disposition: {disp}"]
+        if filename is not None:
+            lines.append(f"Content-Type: {ctype or 'application/octet-stream'}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        for name, value in self.fields:
+            yield self._head(name) + value.encode() + b"\r\n"
+        current: tuple[str, str] | None = None
+        pending = [self.first] if self.first is not None else []
+        while True:
+            if pending:
+                msg = pending.pop()
+            else:
+                try:
+                    msg = await anext(self.chunks)
+                except StopAsyncIteration:
+                    break
+            if msg.WhichOneof("payload") != "chunk":  # type: ignore[attr-defined]
+                raise MalformedRequest("after the first message, an upload carries only `chunk` messages")
+            chunk = msg.chunk  # type: ignore[attr-defined]
+            field = chunk.field or self.main_field
+            key = (field, chunk.filename)
+            if key != current:
+                if current is not None:
+                    yield b"\r\n"
+                yield self._head(field, chunk.filename or "upload", chunk.content_type or None)
+                current = key
+            if chunk.data:
+                self.bytes_sent += len(chunk.data)
+                yield chunk.data
+        if current is not None:
+            yield b"\r\n"
+        yield f"--{self.boundary}--\r\n".encode()
+
+
+async def relay_upload(
+    gw: Gateway, route: Route, requests: AsyncIterator[Message], context: Context
+) -> Message:
+    call: Call | None = None
+    try:
+        try:
+            head = await anext(requests)
+        except StopAsyncIteration:
+            raise MalformedRequest("an upload starts with a `metadata` message; the stream was empty") from None
+        if head.WhichOneof("payload") != "metadata":  # type: ignore[attr-defined]
+            raise MalformedRequest("the first message of an upload must carry `metadata`")
+        meta = head.metadata  # type: ignore[attr-defined]
+        data = codec.encode(meta)
+        assert isinstance(data, dict)
+        params = {p: data.pop(p, "") for p in route.path_params}
+        missing = [p for p, v in params.items() if not v]
+        if missing:
+            raise MalformedRequest(f"metadata.{missing[0]} is required: it is part of the URL")
+        validation.check(route, route.input_cls())  if False else None  # path checked above
+        path = route.build_path(params)
+        call = gw.begin(route, meta, context, data, 0)
+        body = MultipartStream(form_fields(data), requests, None, _MAIN_FILE_FIELD.get(route.path_template, "file"))
+        active = call
+
+        async def attempt(a: Attempt) -> Any:
+            if body.started:
+                raise last_error  # the body is gone: report the first failure, do not resend
+            return await gw.upstream.send_json(
+                route.http_method, path, cred=active.credential, content=body, content_type=body.content_type,
+                timeout=a.timeout, beta=route.beta_header,
+            )
+
+        last_error: OpenAIError = MalformedRequest("upload could not be sent")
+        try:
+            value, reservation = await gw.policy.execute(call.op, attempt)
+        except OpenAIError as exc:
+            raise exc
+        usage = usage_of(value.body)
+        reservation.settle(total_tokens(usage) if usage else 0)
+        response = route.output_cls()
+        codec.decode_response(value.body, response)
+        await context.send_initial_metadata(forwarded_metadata(value.headers))
+        gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        await gw.fail(context, call, route, exc)
+        raise AssertionError("unreachable") from exc
+
+
+__all__ = ["MultipartStream", "form_fields", "relay_upload", "routes"]

@@ -1,0 +1,144 @@
+"""Metrics (seed section 11.1 names), structured JSON logs with redaction, tracing hooks.
+
+Metrics go through the OpenTelemetry API; `--metrics-port` adds a Prometheus scrape endpoint.
+Logs are one JSON object per line and never carry a credential: `Secret` redacts itself, and
+the formatter masks anything that looks like a key or a bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+
+from openai_grpc_server.errors import OpenAIError
+
+log = logging.getLogger("openai_grpc")
+tracer = trace.get_tracer("openai_grpc_server")
+
+_SECRET_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_\-\.=]{8,})")
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    return _SECRET_PATTERNS.sub("[REDACTED]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STANDARD_ATTRS and not k.startswith("_"):
+                entry[k] = v
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, default=str))
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def setup_metrics(port: int | None) -> None:
+    readers = []
+    if port:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        start_http_server(port)
+        readers.append(PrometheusMetricReader())
+    metrics.set_meter_provider(MeterProvider(metric_readers=readers))
+
+
+class Telemetry:
+    """One object the request path reports to; also the resilience observer."""
+
+    def __init__(self) -> None:
+        meter = metrics.get_meter("openai_grpc_server")
+        self.requests = meter.create_counter("openai_requests_total", description="Upstream requests")
+        self.duration = meter.create_histogram(
+            "openai_request_duration_seconds", unit="s", description="Request latency"
+        )
+        self.tokens = meter.create_counter("openai_tokens_used_total", description="Token usage")
+        self.errors = meter.create_counter("openai_errors_total", description="Errors by type")
+        self.rate_limit_hits = meter.create_counter("openai_rate_limit_hits_total", description="Rate limit events")
+        self.breaker_state = meter.create_up_down_counter(
+            "openai_circuit_breaker_state", description="0 closed, 1 open, 2 half-open"
+        )
+        self.retries = meter.create_counter("openai_retry_attempts_total", description="Retry attempts")
+        self.chunks = meter.create_counter("openai_streaming_chunks_total", description="Streamed chunks")
+        self._breaker_values: dict[str, int] = {}
+
+    def request_done(self, endpoint: str, model: str, started: float, error: OpenAIError | None) -> None:
+        status = "ok" if error is None else error.reason
+        self.requests.add(1, {"endpoint": endpoint, "status": status, "model": model})
+        self.duration.record(time.perf_counter() - started, {"endpoint": endpoint, "model": model})
+        if error is not None:
+            self.errors.add(1, {"endpoint": endpoint, "error_type": type(error).__name__})
+            level = logging.WARNING if error.code.name != "INTERNAL" else logging.ERROR
+            log.log(
+                level,
+                "request failed",
+                extra={
+                    "endpoint": endpoint,
+                    "model": model,
+                    "error_code": error.error_code,
+                    "reason": error.reason,
+                    "status_code": error.upstream_status,
+                    "request_id": error.request_id,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+    def usage(self, model: str, usage: dict[str, Any]) -> None:
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if isinstance(prompt, int):
+            self.tokens.add(prompt, {"model": model, "type": "prompt"})
+        if isinstance(completion, int):
+            self.tokens.add(completion, {"model": model, "type": "completion"})
+
+    def streamed(self, endpoint: str, model: str, n: int) -> None:
+        self.chunks.add(n, {"endpoint": endpoint, "model": model})
+
+    # --- ResilienceObserver ---
+    def on_attempt(self, op: Any, attempt_number: int, delay_seconds: float, cause: OpenAIError) -> None:
+        self.retries.add(1, {"endpoint": op.endpoint, "attempt_number": str(attempt_number)})
+        log.info(
+            "retrying upstream call",
+            extra={
+                "endpoint": op.endpoint,
+                "attempt": attempt_number,
+                "delay_ms": round(delay_seconds * 1000, 1),
+                "cause": cause.reason,
+                "status_code": cause.upstream_status,
+            },
+        )
+
+    def on_retry_exhausted(self, op: Any, attempts: int, error: OpenAIError) -> None:
+        log.warning("retries exhausted", extra={"endpoint": op.endpoint, "attempts": attempts, "reason": error.reason})
+
+    def on_rate_limited(self, op: Any, limit_type: str) -> None:
+        self.rate_limit_hits.add(1, {"endpoint": op.endpoint, "limit_type": limit_type})
+
+    def on_breaker_state(self, endpoint: str, state: str) -> None:
+        value = {"closed": 0, "open": 1, "half_open": 2}.get(state, 0)
+        previous = self._breaker_values.get(endpoint, 0)
+        self._breaker_values[endpoint] = value
+        self.breaker_state.add(value - previous, {"endpoint": endpoint})
+        log.warning("circuit breaker state changed", extra={"endpoint": endpoint, "state": state})

@@ -1,0 +1,163 @@
+"""The one shared HTTP client to OpenAI: auth headers, deadline-bound timeouts, classification.
+
+Every upstream exchange goes through `UpstreamClient.send`; it never returns a non-2xx
+response: those become taxonomy errors here, so callers only handle success.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterable, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from openai_grpc_server import __version__
+from openai_grpc_server.auth import Credential
+from openai_grpc_server.errors import DeserializationError, OpenAIError, classify_exception, classify_response
+
+USER_AGENT = f"openai-grpc/{__version__}"
+# Response headers callers get back as gRPC metadata.
+FORWARDED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "retry-after", "retry-after-ms")
+FORWARDED_PREFIXES = ("x-ratelimit-",)
+_TEXT_TYPES = ("text/plain", "text/vtt", "application/x-subrip", "text/srt")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamSettings:
+    base_url: str
+    connect_timeout: float = 5.0
+    # Total time for one unary exchange; streams use it as the idle gap between reads.
+    request_timeout: float = 600.0
+    max_connections: int = 1000
+    max_keepalive: int = 200
+    keepalive_expiry: float = 30.0
+    pool_timeout: float = 10.0
+
+
+@dataclasses.dataclass
+class JsonResponse:
+    status: int
+    headers: httpx.Headers
+    body: Any
+
+
+def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for k, v in headers.items():
+        key = k.lower()
+        if key in FORWARDED_HEADERS or key.startswith(FORWARDED_PREFIXES):
+            out.append((key, v))
+    return out
+
+
+class UpstreamClient:
+    def __init__(self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        base = settings.base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=base,
+            # Every open stream holds a connection: size the pool for the streams we accept.
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_keepalive,
+                keepalive_expiry=settings.keepalive_expiry,
+            ),
+            timeout=self._timeout(None),
+            headers={"user-agent": USER_AGENT},
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+        )
+
+    def _timeout(self, remaining: float | None) -> httpx.Timeout:
+        s = self.settings
+        total = s.request_timeout if remaining is None else max(0.001, min(s.request_timeout, remaining))
+        return httpx.Timeout(
+            connect=min(s.connect_timeout, total), read=total, write=total, pool=min(s.pool_timeout, total)
+        )
+
+    @staticmethod
+    def _headers(cred: Credential, beta: str | None, content_type: str | None) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {cred.api_key.reveal()}"}
+        if cred.organization:
+            headers["openai-organization"] = cred.organization
+        if cred.project:
+            headers["openai-project"] = cred.project
+        if beta:
+            headers["openai-beta"] = beta
+        if content_type:
+            headers["content-type"] = content_type
+        return headers
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        cred: Credential,
+        query: list[tuple[str, str]] | None = None,
+        json_body: Any = None,
+        content: AsyncIterable[bytes] | bytes | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+        beta: str | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send one request; returns a 2xx response (open, when `stream`) or raises OpenAIError."""
+        if json_body is not None:
+            content = orjson.dumps(json_body)
+            content_type = "application/json"
+        request = self._client.build_request(
+            method,
+            path,
+            params=query or None,
+            content=content,
+            headers=self._headers(cred, beta, content_type),
+            timeout=self._timeout(timeout),
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise classify_exception(exc, base_url=self.settings.base_url) from exc
+        if response.status_code >= 400 or not stream:
+            try:
+                await response.aread()
+            except httpx.HTTPError as exc:
+                raise classify_exception(exc, base_url=self.settings.base_url) from exc
+            finally:
+                await response.aclose()
+        if response.status_code >= 400:
+            raise classify_response(
+                response.status_code, response.headers, response.content, method=method, path=path
+            )
+        return response
+
+    async def send_json(self, method: str, path: str, **kwargs: Any) -> JsonResponse:
+        response = await self.send(method, path, **kwargs)
+        return JsonResponse(response.status_code, response.headers, parse_json(response))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def parse_json(response: httpx.Response) -> Any:
+    """Parse a 2xx body; a wrong content type is tolerated when the body still parses."""
+    body = response.content
+    if not body:
+        return {}
+    ctype = response.headers.get("content-type", "")
+    if ctype.startswith(_TEXT_TYPES):
+        # Transcripts in text, srt or vtt format: the resource's `text` carries them whole.
+        return {"text": response.text}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        err: OpenAIError = DeserializationError(
+            f"OpenAI answered {response.status_code} with a body that is not JSON "
+            f"(content-type {ctype or 'missing'}, {len(body)} bytes)",
+            upstream_status=response.status_code,
+            request_id=response.headers.get("x-request-id"),
+        )
+        raise err from exc

@@ -1,0 +1,51 @@
+"""Local request checks (seed 004 sections 3.2 and 12.1): fail fast, before any upstream call.
+
+Every violation is collected, so one INVALID_ARGUMENT lists them all as BadRequest field
+violations. Generic checks come from the descriptors (REQUIRED path parameters must be set);
+the chat rules apply to any request message that has those fields.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from openai_grpc_server.errors import FieldViolation, ValidationError
+from openai_grpc_server.routes import Route
+
+_CHAT_REQUESTS = frozenset({"CreateChatCompletionRequest", "StreamChatCompletionRequest"})
+
+
+def _has(msg: Message, name: str) -> bool:
+    f = msg.DESCRIPTOR.fields_by_name.get(name)
+    return f is not None and f.has_presence and msg.HasField(name)
+
+
+def check(route: Route, msg: Message, *, streaming: bool = False) -> None:
+    violations: list[FieldViolation] = []
+    for param in route.path_params:
+        if not getattr(msg, param, ""):
+            violations.append(FieldViolation(param, f"`{param}` is required: it is part of the URL"))
+    if msg.DESCRIPTOR.name in _CHAT_REQUESTS:
+        violations.extend(_chat(msg, streaming))
+    if violations:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise ValidationError(f"request validation failed: {summary}", violations=tuple(violations))
+
+
+def _chat(msg: Message, streaming: bool) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    if not getattr(msg, "model", ""):
+        out.append(FieldViolation("model", "a model is required, for example `gpt-4o-mini`"))
+    if not len(getattr(msg, "messages", ())):
+        out.append(FieldViolation("messages", "at least one message is required"))
+    if _has(msg, "temperature") and not 0.0 <= getattr(msg, "temperature") <= 2.0:  # noqa: B009
+        out.append(FieldViolation("temperature", "must be between 0 and 2"))
+    if _has(msg, "n") and not 1 <= getattr(msg, "n") <= 128:  # noqa: B009
+        out.append(FieldViolation("n", "must be between 1 and 128"))
+    if _has(msg, "max_tokens") and _has(msg, "max_completion_tokens"):
+        out.append(
+            FieldViolation("max_tokens", "set either max_tokens or max_completion_tokens, not both")
+        )
+    if streaming and _has(msg, "n") and getattr(msg, "n") > 1:  # noqa: B009
+        out.append(FieldViolation("n", "streaming supports a single choice: n must be 1"))
+    return out

@@ -1,0 +1,99 @@
+"""A real grpc.aio gateway on loopback in front of a real HTTP fake upstream, per test session."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from openai_grpc_server import app, routes
+from openai_grpc_server.auth import Secret
+from openai_grpc_server.config import Settings
+from openai_grpc_server.fake_upstream import FakeUpstream
+from openai_grpc_server.resilience import BreakerConfig, RetryConfig
+
+API_KEY = "sk-test-integration-0123456789"
+
+
+def settings_for(base_url: str, **overrides: Any) -> Settings:
+    base = Settings(
+        host="127.0.0.1",
+        port=0,
+        base_url=base_url,
+        api_key=Secret(API_KEY),
+        organization="org-test",
+        project="proj-test",
+        request_timeout=10.0,
+        retry=RetryConfig(max_retries=0),
+        # The error-table tests send many 5xx in a row: keep the breaker out of their way.
+        breaker=BreakerConfig(failure_threshold=10_000),
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclasses.dataclass
+class Gateway:
+    running: app.Running
+    channel: grpc.aio.Channel
+    routes: dict[str, routes.Route]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def unary(self, name: str) -> Callable[..., Any]:
+        r = self.routes[name]
+        return self.channel.unary_unary(
+            r.full_method, request_serializer=r.input_cls.SerializeToString, response_deserializer=r.output_cls.FromString
+        )
+
+    def server_stream(self, name: str) -> Callable[..., Any]:
+        r = self.routes[name]
+        return self.channel.unary_stream(
+            r.full_method, request_serializer=r.input_cls.SerializeToString, response_deserializer=r.output_cls.FromString
+        )
+
+    def client_stream(self, name: str) -> Callable[..., Any]:
+        r = self.routes[name]
+        return self.channel.stream_unary(
+            r.full_method, request_serializer=r.input_cls.SerializeToString, response_deserializer=r.output_cls.FromString
+        )
+
+    def request(self, name: str, **fields: Any) -> Message:
+        return self.routes[name].input_cls(**fields)
+
+
+@pytest.fixture(scope="session")
+async def fake() -> AsyncIterator[FakeUpstream]:
+    upstream = FakeUpstream(host="127.0.0.1", port=0)
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    running = await app.start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return Gateway(running, channel, {r.name: r for r in routes.load_routes()})
+
+
+async def stop_gateway(gw: Gateway) -> None:
+    await gw.channel.close()
+    await gw.running.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def gateway(fake: FakeUpstream) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(settings_for(fake.base_url))
+    yield gw
+    await stop_gateway(gw)
+
+
+@pytest.fixture
+def clean_fake(fake: FakeUpstream) -> FakeUpstream:
+    fake.reset()
+    return fake
