@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from openai_grpc_server import app, config, telemetry
+from openai_grpc_server.auth import Secret
 
 
 def _demo_hint(port: int) -> str:
@@ -25,7 +26,8 @@ async def _run(settings: config.Settings) -> None:
 
         fake = FakeUpstream(host="127.0.0.1", port=0)
         await fake.start()
-        settings = dataclasses.replace(settings, base_url=fake.base_url)
+        # Never hand a real key to the fake, even when one is set in the environment.
+        settings = dataclasses.replace(settings, base_url=fake.base_url, api_key=Secret("sk-demo-placeholder"))
 
     def ready(running: app.Running) -> None:
         if settings.demo:

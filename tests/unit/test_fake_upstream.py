@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from openai_grpc_server.fake_upstream import (
     FakeConfig,
     FakeUpstream,
@@ -209,7 +207,8 @@ async def test_completions_responses_and_assistants_streams(
     assert [json.loads(d)["sequence_number"] for _, d in events] == list(range(len(events)))
     assert json.loads(events[-1][1])["response"]["output"][0]["content"][0]["text"] == stream_text(8)
 
-    for url in ("/threads/runs", "/threads/thread_1/runs", "/threads/thread_1/runs/run_1/submit_tool_outputs"):
+    run_urls = ("/threads/runs", "/threads/thread_1/runs", "/threads/thread_1/runs/run_1/submit_tool_outputs")
+    for url in run_urls:
         events = parse_sse((await client.post(url, json={"stream": True})).text)
         names = [n for n, _ in events]
         assert "thread.run.created" in names and names[-2] == "thread.run.completed", url
@@ -302,7 +301,8 @@ async def test_repeat_window_wildcard_and_custom_error(fake: FakeUpstream, clien
         Step(status=400, error_type="invalid_request_error", error_code="bad", param="input", message="no"),
     )
     r = await client.post("/embeddings", json={})
-    assert r.json() == {"error": {"message": "no", "type": "invalid_request_error", "param": "input", "code": "bad"}}
+    expected = {"message": "no", "type": "invalid_request_error", "param": "input", "code": "bad"}
+    assert r.json() == {"error": expected}
 
 
 async def test_drop_html_delay_extra_fields(fake: FakeUpstream, client: httpx.AsyncClient) -> None:
@@ -331,7 +331,9 @@ async def test_drop_html_delay_extra_fields(fake: FakeUpstream, client: httpx.As
 # --- binary and multipart ---------------------------------------------------------------------
 
 
-async def test_multipart_upload_recorded_and_downloadable(fake: FakeUpstream, client: httpx.AsyncClient) -> None:
+async def test_multipart_upload_recorded_and_downloadable(
+    fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
     data = pattern_bytes("upload-test", 0, 3 * 1024 * 1024 + 17)
     r = await client.post(
         "/files",
@@ -399,22 +401,24 @@ def test_pattern_helpers() -> None:
 
 
 async def test_requests_recorded() -> None:
-    async with FakeUpstream(config=FakeConfig(record_limit=3)) as small:
-        async with httpx.AsyncClient(base_url=small.base_url) as c:
-            await c.post(
-                "/chat/completions?a=1&a=2&b=x",
-                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                headers={"Authorization": "Bearer sk-test", "OpenAI-Organization": "org-1"},
-            )
-            rec = small.requests[-1]
-            assert (rec.method, rec.path, rec.route) == ("POST", "/v1/chat/completions", "POST /chat/completions")
-            assert rec.query == {"a": "1", "b": "x"} and rec.query_all["a"] == ["1", "2"]
-            assert rec.headers["authorization"] == "Bearer sk-test"
-            assert rec.headers["openai-organization"] == "org-1"
-            assert rec.json["messages"][0]["content"] == "hi" and rec.request_id == "req_1"
-            for _ in range(5):
-                await c.get("/models")
-            assert len(small.requests) == 3
+    async with (
+        FakeUpstream(config=FakeConfig(record_limit=3)) as small,
+        httpx.AsyncClient(base_url=small.base_url) as c,
+    ):
+        await c.post(
+            "/chat/completions?a=1&a=2&b=x",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": "Bearer sk-test", "OpenAI-Organization": "org-1"},
+        )
+        rec = small.requests[-1]
+        assert (rec.method, rec.path, rec.route) == ("POST", "/v1/chat/completions", "POST /chat/completions")
+        assert rec.query == {"a": "1", "b": "x"} and rec.query_all["a"] == ["1", "2"]
+        assert rec.headers["authorization"] == "Bearer sk-test"
+        assert rec.headers["openai-organization"] == "org-1"
+        assert rec.json["messages"][0]["content"] == "hi" and rec.request_id == "req_1"
+        for _ in range(5):
+            await c.get("/models")
+        assert len(small.requests) == 3
 
 
 async def test_disconnect_is_counted(fake: FakeUpstream, client: httpx.AsyncClient) -> None:
@@ -433,7 +437,10 @@ async def test_control_routes(fake: FakeUpstream, client: httpx.AsyncClient) -> 
     root = fake.root_url
     r = await client.post(
         f"{root}/_fake/script",
-        json=[{"route": "POST /embeddings", "status": 503}, {"route": "*", "raw_body_b64": "aGk=", "status": 500}],
+        json=[
+            {"route": "POST /embeddings", "status": 503},
+            {"route": "*", "raw_body_b64": "aGk=", "status": 500},
+        ],
     )
     assert r.json()["pending"] == {"POST /embeddings": 1, "*": 1}
     assert (await client.post("/embeddings", json={})).status_code == 503
@@ -458,31 +465,29 @@ async def test_control_routes(fake: FakeUpstream, client: httpx.AsyncClient) -> 
 
 
 def test_examples_json_matches_generator() -> None:
-    spec = importlib.util.spec_from_file_location("gen_fake_examples", ROOT / "scripts" / "gen_fake_examples.py")
+    path = ROOT / "scripts" / "gen_fake_examples.py"
+    spec = importlib.util.spec_from_file_location("gen_fake_examples", path)
     assert spec is not None and spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert gen.lenient_json('{\n  a: 1,\n  "b": [1,\n    ...\n  ],\n  "c": {...},\n}') == {"a": 1, "b": [1], "c": {}}
+    near_json = '{\n  a: 1,\n  "b": [1,\n    ...\n  ],\n  "c": {...},\n}'
+    assert gen.lenient_json(near_json) == {"a": 1, "b": [1], "c": {}}
     assert [f"{m} {p}" for m, p in gen.read_endpoints(ROOT / "spec" / "endpoints.tsv")] == [
         f"{m} {p}" for m, p in endpoint_rows()
     ]
 
 
 def test_cli_prints_url_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openai_grpc_server.fake_upstream", "--port", "0", "--chunks", "2"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
-        r = httpx.post(url + "/chat/completions", json={"stream": True}, timeout=5)
-        assert len(parse_sse(r.text)) == 1 + 2 + 1 + 1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    cmd = [sys.executable, "-m", "openai_grpc_server.fake_upstream", "--port", "0", "--chunks", "2"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+            r = httpx.post(url + "/chat/completions", json={"stream": True}, timeout=5)
+            assert len(parse_sse(r.text)) == 1 + 2 + 1 + 1
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

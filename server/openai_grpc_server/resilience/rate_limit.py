@@ -434,7 +434,7 @@ class RateLimiter:
 
     def levels(self, credential: str) -> dict[str, float]:
         """Current bucket levels (refilled to now); for tests, debugging and health pages."""
-        limiter = self._limiters.get(credential)
+        limiter = self._limiter_for(credential, create=False)
         if limiter is None:
             return {}
         limiter.refill(self._clock.now())

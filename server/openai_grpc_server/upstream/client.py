@@ -159,5 +159,6 @@ def parse_json(response: httpx.Response) -> Any:
             f"(content-type {ctype or 'missing'}, {len(body)} bytes)",
             upstream_status=response.status_code,
             request_id=response.headers.get("x-request-id"),
+            headers=response.headers,
         )
         raise err from exc
