@@ -27,7 +27,9 @@ async def _run(settings: config.Settings) -> None:
         fake = FakeUpstream(host="127.0.0.1", port=0)
         await fake.start()
         # Never hand a real key to the fake, even when one is set in the environment.
-        settings = dataclasses.replace(settings, base_url=fake.base_url, api_key=Secret("sk-demo-placeholder"))
+        settings = dataclasses.replace(
+            settings, base_url=fake.base_url, api_key=Secret("sk-demo-placeholder")
+        )
 
     def ready(running: app.Running) -> None:
         if settings.demo:
@@ -52,12 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     telemetry.setup_metrics(settings.metrics_port)
     try:
         import uvloop  # noqa: PLC0415
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
-        runner = asyncio.run
+        uvloop = None  # type: ignore[assignment]
     try:
-        runner(_run(settings))
+        if uvloop is not None:
+            uvloop.run(_run(settings))
+        else:
+            asyncio.run(_run(settings))
     except OSError as exc:
         print(f"openai-grpc-server: {exc}", file=sys.stderr)
         return 1

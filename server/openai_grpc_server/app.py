@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from openai_grpc_server import routes
@@ -27,7 +28,7 @@ from openai_grpc_server.upstream.client import UpstreamClient
 log = logging.getLogger("openai_grpc.app")
 
 
-def _handler(gw: Gateway, route: Route) -> grpc.RpcMethodHandler:
+def _handler(gw: Gateway, route: Route) -> grpc.RpcMethodHandler[Any, Any]:
     des = route.input_cls.FromString
     ser = route.output_cls.SerializeToString
     if route.kind is Kind.UNARY:
@@ -49,8 +50,8 @@ def _handler(gw: Gateway, route: Route) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(stream, des, ser)
 
 
-def generic_handlers(gw: Gateway, table: list[Route]) -> list[grpc.GenericRpcHandler]:
-    by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+def generic_handlers(gw: Gateway, table: list[Route]) -> list[grpc.GenericRpcHandler[Any, Any]]:
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
     for route in table:
         by_service.setdefault(route.service, {})[route.name] = _handler(gw, route)
     return [grpc.method_handlers_generic_handler(svc, methods) for svc, methods in by_service.items()]
@@ -61,7 +62,7 @@ class Running:
     server: grpc.aio.Server
     port: int
     gateway: Gateway
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -85,7 +86,9 @@ async def start(settings: Settings, *, interceptors: tuple[Any, ...] = ()) -> Ru
     telemetry = Telemetry()
     policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
     upstream = UpstreamClient(settings.upstream())
-    gw = Gateway(upstream, settings.authenticator(), policy, telemetry, max_concurrent=settings.max_concurrent_rpcs)
+    gw = Gateway(
+        upstream, settings.authenticator(), policy, telemetry, max_concurrent=settings.max_concurrent_rpcs
+    )
     table = routes.load_routes()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -98,8 +101,8 @@ async def start(settings: Settings, *, interceptors: tuple[Any, ...] = ()) -> Ru
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     server.add_generic_rpc_handlers(generic_handlers(gw, table))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)  # type: ignore[no-untyped-call]
     services = sorted({r.service for r in table})
     if settings.reflection:
         reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

@@ -80,7 +80,9 @@ class Authenticator:
         header = metadata.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise CallerUnauthenticated("send `authorization: Bearer <token>` metadata with a token of this gateway")
+            raise CallerUnauthenticated(
+                "send `authorization: Bearer <token>` metadata with a token of this gateway"
+            )
         digest = _digest(token.strip())
         found: Tenant | None = None
         # Compare against every tenant so the time taken does not reveal which one matched.
@@ -101,7 +103,12 @@ def tenants_from_mapping(data: Any, source: Path) -> list[Tenant]:
         raise ValueError(f"{source}: expected a non-empty `tenants` list")
     tenants = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not item.get("name") or not item.get("token") or not item.get("api_key"):
+        if (
+            not isinstance(item, dict)
+            or not item.get("name")
+            or not item.get("token")
+            or not item.get("api_key")
+        ):
             raise ValueError(f"{source}: tenant #{i + 1} needs `name`, `token` and `api_key`")
         cred = Credential(
             name=str(item["name"]),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from google.api import field_behavior_pb2
 from google.protobuf import descriptor, json_format
@@ -28,11 +28,29 @@ JSON = Any
 EXTRA = "extra"
 _JSON_WKT = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 _INT_TYPES = {
-    FD.TYPE_INT64, FD.TYPE_INT32, FD.TYPE_UINT64, FD.TYPE_UINT32, FD.TYPE_SINT64,
-    FD.TYPE_SINT32, FD.TYPE_FIXED64, FD.TYPE_FIXED32, FD.TYPE_SFIXED64, FD.TYPE_SFIXED32,
+    FD.TYPE_INT64,
+    FD.TYPE_INT32,
+    FD.TYPE_UINT64,
+    FD.TYPE_UINT32,
+    FD.TYPE_SINT64,
+    FD.TYPE_SINT32,
+    FD.TYPE_FIXED64,
+    FD.TYPE_FIXED32,
+    FD.TYPE_SFIXED64,
+    FD.TYPE_SFIXED32,
 }
 _FLOAT_TYPES = {FD.TYPE_DOUBLE, FD.TYPE_FLOAT}
 _TEXT = {FD.TYPE_STRING, FD.TYPE_BYTES}
+
+
+def message_type(f: FD) -> descriptor.Descriptor:
+    mt = f.message_type
+    assert mt is not None, f.full_name
+    return mt
+
+
+def descriptor_of(msg: Message) -> descriptor.Descriptor:
+    return cast(descriptor.Descriptor, msg.DESCRIPTOR)
 
 
 class CodecError(ValueError):
@@ -69,7 +87,7 @@ def envelope_field(desc: descriptor.Descriptor) -> FD | None:
     f = desc.fields[0]
     if f.is_repeated or f.type != FD.TYPE_MESSAGE:
         return None
-    if f.message_type.full_name in _JSON_WKT or f.message_type.GetOptions().map_entry:
+    if message_type(f).full_name in _JSON_WKT or message_type(f).GetOptions().map_entry:
         return None
     return f
 
@@ -84,15 +102,21 @@ def json_key(f: FD) -> str:
     return f.json_name if f.json_name != _camel(f.name) else f.name
 
 
+def _enum(f: FD) -> descriptor.EnumDescriptor:
+    et = f.enum_type
+    assert et is not None, f.full_name
+    return et
+
+
 def _required(f: FD) -> bool:
-    opts = f.GetOptions()
-    return field_behavior_pb2.REQUIRED in opts.Extensions[field_behavior_pb2.field_behavior]
+    behaviors: list[int] = f.GetOptions().Extensions[field_behavior_pb2.field_behavior]  # type: ignore[index]
+    return field_behavior_pb2.REQUIRED in behaviors
 
 
 def _element_kind(f: FD) -> str:
     """JSON kind of one value of field `f` (for choosing a union member)."""
     if f.type == FD.TYPE_MESSAGE:
-        mt = f.message_type
+        mt = message_type(f)
         if mt.full_name == "google.protobuf.Value":
             return "any"
         if mt.full_name == "google.protobuf.ListValue" or is_list_wrapper(mt):
@@ -107,7 +131,7 @@ def _element_kind(f: FD) -> str:
 
 def _list_element_kind(f: FD) -> str:
     """For a list-wrapper member: the JSON kind of its elements."""
-    inner = f.message_type.fields[0] if is_list_wrapper(f.message_type) else None
+    inner = message_type(f).fields[0] if is_list_wrapper(message_type(f)) else None
     if inner is None:
         return "any"
     return _element_kind(inner)
@@ -180,6 +204,7 @@ def plan_for(desc: descriptor.Descriptor) -> _Plan:
 
 # --- JSON -> proto ---------------------------------------------------------------------------
 
+
 def _scalar(f: FD, value: JSON) -> Any:
     t = f.type
     if t == FD.TYPE_STRING:
@@ -208,7 +233,7 @@ def _scalar(f: FD, value: JSON) -> Any:
         raise CodecError(f"{f.name}: expected base64 text")
     if t == FD.TYPE_ENUM:
         if isinstance(value, str):
-            return f.enum_type.values_by_name[value].number
+            return _enum(f).values_by_name[value].number
         return int(value)
     raise CodecError(f"{f.name}: unsupported field type {t}")
 
@@ -219,7 +244,7 @@ def _decode_wkt(value: JSON, target: Message) -> None:
 
 def decode_into(value: JSON, msg: Message) -> None:
     """Fill `msg` from the JSON value (an object, or an array for a list wrapper)."""
-    plan = plan_for(msg.DESCRIPTOR)
+    plan = plan_for(descriptor_of(msg))
     if plan.desc.full_name in _JSON_WKT:
         _decode_wkt(value, msg)
         return
@@ -259,7 +284,7 @@ def decode_into(value: JSON, msg: Message) -> None:
 
 def set_field(msg: Message, f: FD, value: JSON) -> None:
     if f.is_repeated:
-        if f.type == FD.TYPE_MESSAGE and f.message_type.GetOptions().map_entry:
+        if f.type == FD.TYPE_MESSAGE and message_type(f).GetOptions().map_entry:
             _set_map(msg, f, value)
         else:
             if not isinstance(value, list):
@@ -288,7 +313,7 @@ def _set_map(msg: Message, f: FD, value: JSON) -> None:
     if not isinstance(value, dict):
         raise CodecError(f"{f.name}: expected an object")
     target = getattr(msg, f.name)
-    vf = f.message_type.fields_by_name["value"]
+    vf = message_type(f).fields_by_name["value"]
     for k, v in value.items():
         if v is None:
             continue
@@ -306,7 +331,7 @@ def from_json(value: JSON, cls: Callable[[], Message]) -> Message:
 
 def decode_response(value: JSON, msg: Message) -> None:
     """Fill a response message from the upstream body: envelopes take the whole body."""
-    env = envelope_field(msg.DESCRIPTOR)
+    env = envelope_field(descriptor_of(msg))
     if env is not None:
         set_field(msg, env, value)
     else:
@@ -315,19 +340,20 @@ def decode_response(value: JSON, msg: Message) -> None:
 
 # --- proto -> JSON ---------------------------------------------------------------------------
 
+
 def _encode_value(f: FD, value: Any) -> JSON:
     if f.type == FD.TYPE_MESSAGE:
         return encode(value)
     if f.type == FD.TYPE_BYTES:
         return base64.b64encode(value).decode("ascii")
     if f.type == FD.TYPE_ENUM:
-        return f.enum_type.values_by_number[value].name
+        return _enum(f).values_by_number[value].name
     return value
 
 
 def encode(msg: Message) -> JSON:
     """The OpenAI JSON for `msg` (an object, or an array for a list wrapper)."""
-    plan = plan_for(msg.DESCRIPTOR)
+    plan = plan_for(descriptor_of(msg))
     if plan.desc.full_name in _JSON_WKT:
         return _ints(json_format.MessageToDict(msg))
     if plan.wrapper:
@@ -337,9 +363,9 @@ def encode(msg: Message) -> JSON:
     for name, f in plan.fields.items():
         value = getattr(msg, f.name)
         if f.is_repeated:
-            if f.type == FD.TYPE_MESSAGE and f.message_type.GetOptions().map_entry:
+            if f.type == FD.TYPE_MESSAGE and message_type(f).GetOptions().map_entry:
                 if value:
-                    vf = f.message_type.fields_by_name["value"]
+                    vf = message_type(f).fields_by_name["value"]
                     out[name] = {k: _encode_value(vf, v) for k, v in value.items()}
             elif value or f.name in plan.required:
                 out[name] = [_encode_value(f, v) for v in value]

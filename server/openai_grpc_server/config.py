@@ -111,7 +111,9 @@ def _read_file(path: Path) -> Any:
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:
@@ -191,7 +193,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         prefix = f"OPENAI_GRPC_{section.upper()}_"
         for var, raw in env.items():
             if var.startswith(prefix):
-                merged[var[len(prefix):].lower()] = raw
+                merged[var[len(prefix) :].lower()] = raw
         try:
             values[section] = cls.from_mapping(merged)
         except ValueError as exc:
@@ -203,7 +205,9 @@ def validate(s: Settings) -> Settings:
     if not s.demo:
         parts = urlsplit(s.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"OPENAI_BASE_URL {s.base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}")
+            raise ConfigError(
+                f"OPENAI_BASE_URL {s.base_url!r} is not an http(s) URL such as {DEFAULT_BASE_URL}"
+            )
         if s.auth_mode == "none" and not s.api_key:
             raise ConfigError(
                 "no OpenAI API key: set OPENAI_API_KEY (or --api-key-file), or start with --demo to try the "

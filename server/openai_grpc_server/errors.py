@@ -113,7 +113,7 @@ class InsufficientPermissions(AuthenticationError):
 
 # --- Request ---------------------------------------------------------------------------------
 class RequestError(OpenAIError):
-    details = frozenset({'BadRequest'})
+    details = frozenset({"BadRequest"})
     code = Code.INVALID_ARGUMENT
     reason = "VALIDATION_FAILED"
     error_code = "OPENAI_REQUEST"
@@ -145,7 +145,7 @@ class TooManyTokens(RequestError):
 
 # --- Network ---------------------------------------------------------------------------------
 class NetworkError(OpenAIError):
-    details = frozenset({'RetryInfo'})
+    details = frozenset({"RetryInfo"})
     code = Code.UNAVAILABLE
     reason = "UPSTREAM_UNREACHABLE"
     error_code = "OPENAI_NETWORK"
@@ -176,7 +176,7 @@ class SslError(NetworkError):
 
 # --- Rate limits -----------------------------------------------------------------------------
 class RateLimitError(OpenAIError):
-    details = frozenset({'RetryInfo', 'QuotaFailure'})
+    details = frozenset({"RetryInfo", "QuotaFailure"})
     code = Code.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"
     error_code = "OPENAI_RATE_LIMIT"
@@ -188,7 +188,7 @@ class TooManyRequests(RateLimitError):
 
 
 class QuotaExceeded(RateLimitError):
-    details = frozenset({'QuotaFailure'})
+    details = frozenset({"QuotaFailure"})
     reason = "QUOTA_EXCEEDED"
     retryable = False
 
@@ -199,7 +199,7 @@ class TokenLimitExceeded(RateLimitError):
 
 # --- Server ----------------------------------------------------------------------------------
 class ServerError(OpenAIError):
-    details = frozenset({'RetryInfo'})
+    details = frozenset({"RetryInfo"})
     code = Code.UNAVAILABLE
     reason = "UPSTREAM_UNAVAILABLE"
     error_code = "OPENAI_SERVER"
@@ -208,7 +208,7 @@ class ServerError(OpenAIError):
 
 
 class InternalServerError(ServerError):
-    details = frozenset({'RequestInfo'})
+    details = frozenset({"RequestInfo"})
     code = Code.INTERNAL
     reason = "UPSTREAM_INTERNAL"
 
@@ -271,8 +271,7 @@ class ResourceError(OpenAIError):
 
 
 class NotFound(ResourceError):
-    details = frozenset({'ResourceInfo'})
-    pass
+    details = frozenset({"ResourceInfo"})
 
 
 class AlreadyExists(ResourceError):
@@ -285,7 +284,7 @@ class Deleted(ResourceError):
 
 
 class InvalidState(ResourceError):
-    details = frozenset({'PreconditionFailure'})
+    details = frozenset({"PreconditionFailure"})
     code = Code.FAILED_PRECONDITION
     reason = "INVALID_STATE"
 
@@ -368,8 +367,8 @@ _STATE_CHANGE_SUFFIXES = ("/cancel", "/pause", "/resume", "/complete", "/submit_
 
 def _header_seconds(headers: Mapping[str, str]) -> float | None:
     """Delay the upstream asked for: `retry-after-ms`, then `retry-after` (seconds or HTTP date)."""
-    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare path
     import time  # noqa: PLC0415
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare path
 
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:

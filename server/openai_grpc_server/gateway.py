@@ -92,7 +92,12 @@ class Gateway:
 
     # --- shared steps ------------------------------------------------------------------------
     def begin(
-        self, route: Route, request: Message | None, context: Context, body: Mapping[str, Any] | None, size: int
+        self,
+        route: Route,
+        request: Message | None,
+        context: Context,
+        body: Mapping[str, Any] | None,
+        size: int,
     ) -> Call:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         credential = self.auth.authenticate(metadata)
@@ -128,10 +133,10 @@ class Gateway:
                         return await self.upstream.send_json(
                             req.method,
                             req.path,
-                            cred=call.credential,  # type: ignore[union-attr]
+                            cred=call.credential,
                             query=req.query,
                             json_body=req.body,
-                            timeout=a.timeout,
+                            time_left=a.timeout,
                             beta=route.beta_header,
                         )
 

@@ -60,7 +60,7 @@ class Route:
         return "assistants=v2" if self.path_template.startswith(_ASSISTANTS_BETA_PREFIXES) else None
 
     def upload_metadata_desc(self) -> descriptor.Descriptor:
-        return self.input_desc.fields_by_name["metadata"].message_type
+        return codec.message_type(self.input_desc.fields_by_name["metadata"])
 
     def build_path(self, params: dict[str, Any]) -> str:
         def sub(m: re.Match[str]) -> str:

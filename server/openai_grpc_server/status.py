@@ -53,7 +53,7 @@ def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
         meta[k] = v
     details = [_pack(info)]
     kinds = err.details
-    if "RetryInfo" in kinds and err.retryable or "RetryInfo" in kinds and err.retry_after is not None:
+    if ("RetryInfo" in kinds and err.retryable) or ("RetryInfo" in kinds and err.retry_after is not None):
         delay = err.retry_after if err.retry_after is not None else DEFAULT_RETRY_DELAY
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(delay))))
     if "QuotaFailure" in kinds:
@@ -61,7 +61,9 @@ def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
         details.append(
             _pack(
                 error_details_pb2.QuotaFailure(
-                    violations=[error_details_pb2.QuotaFailure.Violation(subject=limit, description=err.message)]
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(subject=limit, description=err.message)
+                    ]
                 )
             )
         )
@@ -76,7 +78,11 @@ def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
     if "ResourceInfo" in kinds:
         rtype, rname = err.resource or ("", "")
         details.append(
-            _pack(error_details_pb2.ResourceInfo(resource_type=rtype, resource_name=rname, description=err.message))
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=rtype, resource_name=rname, description=err.message
+                )
+            )
         )
     if "PreconditionFailure" in kinds:
         details.append(
@@ -84,7 +90,9 @@ def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
                 error_details_pb2.PreconditionFailure(
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
-                            type="STATE", subject=err.resource[1] if err.resource else "", description=err.message
+                            type="STATE",
+                            subject=err.resource[1] if err.resource else "",
+                            description=err.message,
                         )
                     ]
                 )
@@ -98,6 +106,8 @@ def trailing_metadata(err: OpenAIError, extra: Metadata = ()) -> tuple[tuple[str
     return (*status.trailing_metadata, *extra)
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], err: OpenAIError, extra: Metadata = ()) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[object, object], err: OpenAIError, extra: Metadata = ()
+) -> NoReturn:
     await context.abort(err.code, err.message, trailing_metadata=trailing_metadata(err, extra))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -76,7 +76,9 @@ class Telemetry:
         )
         self.tokens = meter.create_counter("openai_tokens_used_total", description="Token usage")
         self.errors = meter.create_counter("openai_errors_total", description="Errors by type")
-        self.rate_limit_hits = meter.create_counter("openai_rate_limit_hits_total", description="Rate limit events")
+        self.rate_limit_hits = meter.create_counter(
+            "openai_rate_limit_hits_total", description="Rate limit events"
+        )
         self.breaker_state = meter.create_up_down_counter(
             "openai_circuit_breaker_state", description="0 closed, 1 open, 2 half-open"
         )
@@ -131,7 +133,9 @@ class Telemetry:
         )
 
     def on_retry_exhausted(self, op: Any, attempts: int, error: OpenAIError) -> None:
-        log.warning("retries exhausted", extra={"endpoint": op.endpoint, "attempts": attempts, "reason": error.reason})
+        log.warning(
+            "retries exhausted", extra={"endpoint": op.endpoint, "attempts": attempts, "reason": error.reason}
+        )
 
     def on_rate_limited(self, op: Any, limit_type: str) -> None:
         self.rate_limit_hits.add(1, {"endpoint": op.endpoint, "limit_type": limit_type})

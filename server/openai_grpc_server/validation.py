@@ -43,9 +43,7 @@ def _chat(msg: Message, streaming: bool) -> list[FieldViolation]:
     if _has(msg, "n") and not 1 <= getattr(msg, "n") <= 128:  # noqa: B009
         out.append(FieldViolation("n", "must be between 1 and 128"))
     if _has(msg, "max_tokens") and _has(msg, "max_completion_tokens"):
-        out.append(
-            FieldViolation("max_tokens", "set either max_tokens or max_completion_tokens, not both")
-        )
+        out.append(FieldViolation("max_tokens", "set either max_tokens or max_completion_tokens, not both"))
     if streaming and _has(msg, "n") and getattr(msg, "n") > 1:  # noqa: B009
         out.append(FieldViolation("n", "streaming supports a single choice: n must be 1"))
     return out

@@ -36,7 +36,7 @@ from tests.contract.protomodel import (
 from tests.contract.specmodel import Schema
 
 FDP = descriptor_pb2.FieldDescriptorProto
-SCALAR_TYPES = {t for t in range(1, 19)} - {FDP.TYPE_MESSAGE, FDP.TYPE_GROUP}
+SCALAR_TYPES = set(range(1, 19)) - {FDP.TYPE_MESSAGE, FDP.TYPE_GROUP}
 
 
 @dataclasses.dataclass
@@ -287,8 +287,11 @@ def summarize(reports: list[Report], out: object = sys.stdout) -> None:
         expected = sum(r.expected for r in rs)
         pct = 100.0 * matched / expected if expected else 100.0
         bad = sum(1 for r in rs if not r.ok)
-        print(f"{tier}: {len(rs)} RPCs, {matched}/{expected} spec properties ({pct:.1f}%), "
-              f"{bad} RPCs with findings", file=out)  # type: ignore[call-overload]
+        print(
+            f"{tier}: {len(rs)} RPCs, {matched}/{expected} spec properties ({pct:.1f}%), "
+            f"{bad} RPCs with findings",
+            file=out,
+        )  # type: ignore[call-overload]
 
 
 def main(argv: list[str]) -> int:
@@ -296,8 +299,10 @@ def main(argv: list[str]) -> int:
     for r in reports:
         assert r.rpc.http is not None
         status = "OK " if r.ok else "BAD"
-        print(f"{status} {r.tier:6} {r.rpc.http.method:6} {r.rpc.http.path:60} "
-              f"{r.rpc.service}/{r.rpc.name} {r.matched}/{r.expected}")
+        print(
+            f"{status} {r.tier:6} {r.rpc.http.method:6} {r.rpc.http.path:60} "
+            f"{r.rpc.service}/{r.rpc.name} {r.matched}/{r.expected}"
+        )
         for f in r.findings:
             print(f"      - {f}")
         for n in r.notes:

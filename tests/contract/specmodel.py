@@ -132,9 +132,12 @@ def object_shape(schema: Schema) -> tuple[dict[str, Schema], set[str]] | None:
                 # A property several variants define (perhaps with different types) is a union.
                 props[k] = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
         common = set.intersection(*(r for _, r in variant_shapes))
-        required |= common if len(variant_shapes) == len(
-            [v for v in _variants(schema) if not _is_null_type(v) and not _is_non_object(v)]
-        ) else set()
+        required |= (
+            common
+            if len(variant_shapes)
+            == len([v for v in _variants(schema) if not _is_null_type(v) and not _is_non_object(v)])
+            else set()
+        )
         found = True
     if not found:
         return None
@@ -148,8 +151,10 @@ def _is_non_object(schema: Schema) -> bool:
     if schema.get("type") in ("string", "integer", "number", "boolean", "array"):
         return True
     variants = _variants(schema)
-    return bool(variants) and "properties" not in schema and all(
-        _is_non_object(v) or _is_null_type(v) for v in variants
+    return (
+        bool(variants)
+        and "properties" not in schema
+        and all(_is_non_object(v) or _is_null_type(v) for v in variants)
     )
 
 
@@ -203,8 +208,8 @@ def parameters(op: Schema, path_item: Schema | None = None) -> dict[str, Schema]
     """Path and query parameters by name (operation-level wins over path-level)."""
     out: dict[str, Schema] = {}
     for source in ((path_item or {}).get("parameters", []), op.get("parameters", [])):
-        for p in source:
-            p = deref(p)
+        for raw in source:
+            p = deref(raw)
             if p.get("in") in ("path", "query"):
                 out[p["name"]] = p
     return out
@@ -218,6 +223,4 @@ def is_binary(schema: Schema) -> bool:
     schema = deref(schema)
     if schema.get("format") == "binary" or schema.get("contentEncoding") == "binary":
         return True
-    return any(is_binary(s) for s in item_schemas(schema)) or any(
-        is_binary(v) for v in _variants(schema)
-    )
+    return any(is_binary(s) for s in item_schemas(schema)) or any(is_binary(v) for v in _variants(schema))

@@ -8,14 +8,15 @@ carry no presence). Keys the proto does not know travel through `extra`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
 
 import pytest
 from google.protobuf import message_factory
-
 from openai_grpc_server import codec, routes
+
 from tests.contract import specmodel
 
 _CURL_BODY = re.compile(r"-d '(\{.*?\})'\s*$", re.S | re.M)
@@ -24,7 +25,7 @@ _CURL_BODY = re.compile(r"-d '(\{.*?\})'\s*$", re.S | re.M)
 def _normal(value: Any) -> Any:
     if isinstance(value, dict):
         out = {k: _normal(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v is not None and v != [] and v != {}}
+        return {k: v for k, v in out.items() if v is not None and v not in ([], {})}
     if isinstance(value, list):
         return [_normal(v) for v in value]
     if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > 2**53:
@@ -66,10 +67,8 @@ def _examples() -> list[tuple[str, routes.Route, str, Any]]:
         for i, ex in enumerate(examples):
             resp = ex.get("response")
             if isinstance(resp, str):
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     cases.append((f"{route.name}-response-{i}", route, "response", json.loads(resp)))
-                except json.JSONDecodeError:
-                    pass
             curl = (ex.get("request") or {}).get("curl", "")
             m = _CURL_BODY.search(curl) if isinstance(curl, str) else None
             if m and route.has_body:
@@ -110,7 +109,9 @@ def test_roundtrip(route: routes.Route, kind: str, payload: Any) -> None:
 def test_unknown_keys_travel_through_extra() -> None:
     route = next(r for r in routes.load_routes() if r.name == "GetModel")
     msg = route.output_cls()
-    codec.decode_response({"id": "m", "object": "model", "created": 1, "owned_by": "x", "brand_new": {"a": [1]}}, msg)
+    codec.decode_response(
+        {"id": "m", "object": "model", "created": 1, "owned_by": "x", "brand_new": {"a": [1]}}, msg
+    )
     model = msg.model  # type: ignore[attr-defined]
     assert model.extra["brand_new"]["a"][0] == 1
     assert codec.encode(model)["brand_new"] == {"a": [1]}

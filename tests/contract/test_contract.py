@@ -52,9 +52,18 @@ def test_required_names_callers_rely_on() -> None:
         for name in names:
             assert (service, name) in rpcs, f"{service}/{name}"
     services = {s for s, _ in rpcs}
-    for svc in ("ImagesService", "AudioService", "FineTuningService", "AssistantsService", "ThreadsService",
-                "VectorStoresService", "ResponsesService", "ConversationsService", "UploadsService",
-                "CompletionsService"):
+    for svc in (
+        "ImagesService",
+        "AudioService",
+        "FineTuningService",
+        "AssistantsService",
+        "ThreadsService",
+        "VectorStoresService",
+        "ResponsesService",
+        "ConversationsService",
+        "UploadsService",
+        "CompletionsService",
+    ):
         assert svc in services
 
 
@@ -67,18 +76,31 @@ def test_streaming_endpoints_have_a_server_streaming_twin() -> None:
         if r.server_streaming:
             out = model.messages[r.output_type]
             assert [f.name for f in out.field] in (["events"], ["chunk"]), r.name
-    for path in ("/chat/completions", "/responses", "/threads/runs", "/threads/{thread_id}/runs",
-                 "/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", "/completions"):
+    for path in (
+        "/chat/completions",
+        "/responses",
+        "/threads/runs",
+        "/threads/{thread_id}/runs",
+        "/threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
+        "/completions",
+    ):
         names = by_route[("POST", path)]
-        assert any(n.startswith("Stream") for n in names) and any(n.startswith("Create") or n.startswith(
-            "Submit") for n in names), (path, names)
+        assert any(n.startswith("Stream") for n in names) and any(
+            n.startswith("Create") or n.startswith("Submit") for n in names
+        ), (path, names)
 
 
 def test_uploads_are_client_streams_with_metadata_first() -> None:
     model = load_model()
     uploads = [r for r in model.rpcs if r.client_streaming]
-    assert {r.name for r in uploads} >= {"UploadFile", "CreateImageEdit", "CreateImageVariation",
-                                         "CreateTranscription", "CreateTranslation", "AddUploadPart"}
+    assert {r.name for r in uploads} >= {
+        "UploadFile",
+        "CreateImageEdit",
+        "CreateImageVariation",
+        "CreateTranscription",
+        "CreateTranslation",
+        "AddUploadPart",
+    }
     for r in uploads:
         req = model.messages[r.input_type]
         assert [f.name for f in req.field][:2] == ["metadata", "chunk"], r.name
@@ -120,8 +142,12 @@ def test_buf_lint_and_format() -> None:
     buf = str(VENV_BIN / "buf")
     lint = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([buf, "format", "--exit-code", "-d", "--path", "protos/openai_grpc"], cwd=ROOT,
-                         capture_output=True, text=True)
+    fmt = subprocess.run(
+        [buf, "format", "--exit-code", "-d", "--path", "protos/openai_grpc"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
@@ -130,14 +156,32 @@ def test_generated_stubs_are_reproducible(tmp_path: Path) -> None:
     if not (ROOT / "client_stubs/typescript/node_modules/.bin/protoc-gen-es").exists():
         pytest.fail("run `npm ci` in client_stubs/typescript first (the test command does)")
     copy = tmp_path / "tree"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".mypy_cache",
-                                                                ".pytest_cache", ".ruff_cache", "node_modules"))
+    shutil.copytree(
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "node_modules"
+        ),
+    )
     os.symlink(ROOT / "client_stubs/typescript/node_modules", copy / "client_stubs/typescript/node_modules")
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", "scripts/gen_stubs.sh"], cwd=copy, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    diff = subprocess.run(["diff", "-r", "-q", "-x", "node_modules", "-x", "__pycache__",
-                           str(ROOT / "client_stubs"), str(copy / "client_stubs")], capture_output=True, text=True)
+    diff = subprocess.run(
+        [
+            "diff",
+            "-r",
+            "-q",
+            "-x",
+            "node_modules",
+            "-x",
+            "__pycache__",
+            str(ROOT / "client_stubs"),
+            str(copy / "client_stubs"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert diff.returncode == 0, f"stubs differ from the protos; run scripts/gen_stubs.sh\n{diff.stdout}"
 
 
@@ -145,7 +189,9 @@ def test_typescript_stubs_typecheck() -> None:
     ts = ROOT / "client_stubs/typescript"
     tsc = ts / "node_modules/.bin/tsc"
     assert tsc.exists(), "run `npm ci` in client_stubs/typescript first (the test command does)"
-    proc = subprocess.run([str(tsc), "-p", "tsconfig.json", "--noEmit"], cwd=ts, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(tsc), "-p", "tsconfig.json", "--noEmit"], cwd=ts, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

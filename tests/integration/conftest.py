@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
-
 from openai_grpc_server import app, routes
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.config import Settings
@@ -48,19 +47,25 @@ class Gateway:
     def unary(self, name: str) -> Callable[..., Any]:
         r = self.routes[name]
         return self.channel.unary_unary(
-            r.full_method, request_serializer=r.input_cls.SerializeToString, response_deserializer=r.output_cls.FromString
+            r.full_method,
+            request_serializer=r.input_cls.SerializeToString,
+            response_deserializer=r.output_cls.FromString,
         )
 
     def server_stream(self, name: str) -> Callable[..., Any]:
         r = self.routes[name]
         return self.channel.unary_stream(
-            r.full_method, request_serializer=r.input_cls.SerializeToString, response_deserializer=r.output_cls.FromString
+            r.full_method,
+            request_serializer=r.input_cls.SerializeToString,
+            response_deserializer=r.output_cls.FromString,
         )
 
     def client_stream(self, name: str) -> Callable[..., Any]:
         r = self.routes[name]
         return self.channel.stream_unary(
-            r.full_method, request_serializer=r.input_cls.SerializeToString, response_deserializer=r.output_cls.FromString
+            r.full_method,
+            request_serializer=r.input_cls.SerializeToString,
+            response_deserializer=r.output_cls.FromString,
         )
 
     def request(self, name: str, **fields: Any) -> Message:

@@ -16,10 +16,10 @@ import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience import BreakerConfig
+
 from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
 
 DETAIL_TYPES: dict[str, type[Message]] = {
@@ -76,52 +76,182 @@ def chat(gw: Gateway, **fields: Any) -> Message:
 
 # (id, step, expected code, reason, details that must be present, details that must be absent)
 UPSTREAM_CASES = [
-    ("401", Step(status=401, error_type="invalid_request_error", error_code="invalid_api_key",
-                 message="Incorrect API key provided"),
-     grpc.StatusCode.UNAUTHENTICATED, "INVALID_API_KEY", set(), {"RetryInfo"}),
-    ("403", Step(status=403, error_type="invalid_request_error", message="not allowed"),
-     grpc.StatusCode.PERMISSION_DENIED, "INSUFFICIENT_PERMISSIONS", set(), {"RetryInfo"}),
-    ("400", Step(status=400, error_type="invalid_request_error", param="temperature", message="bad temperature"),
-     grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED", {"BadRequest"}, {"RetryInfo"}),
-    ("422", Step(status=422, error_type="invalid_request_error", message="unprocessable"),
-     grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED", {"BadRequest"}, {"RetryInfo"}),
-    ("context", Step(status=400, error_type="invalid_request_error", error_code="context_length_exceeded",
-                     param="messages", message="too long"),
-     grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED", {"BadRequest"}, {"RetryInfo"}),
-    ("content-policy", Step(status=400, error_type="invalid_request_error", error_code="content_policy_violation",
-                            message="refused"),
-     grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_POLICY_VIOLATION", set(), {"RetryInfo"}),
-    ("404", Step(status=404, error_type="invalid_request_error", message="no such model"),
-     grpc.StatusCode.NOT_FOUND, "NOT_FOUND", {"ResourceInfo"}, {"RetryInfo"}),
-    ("409", Step(status=409, error_type="invalid_request_error", message="exists"),
-     grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS", set(), set()),
-    ("429", Step(status=429, error_type="requests", error_code="rate_limit_exceeded", message="slow down",
-                 headers={"retry-after-ms": "1500"}),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", {"RetryInfo", "QuotaFailure"}, set()),
-    ("quota", Step(status=429, error_type="insufficient_quota", error_code="insufficient_quota", message="no credit"),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", {"QuotaFailure"}, {"RetryInfo"}),
-    ("500", Step(status=500, error_type="server_error", message="boom"),
-     grpc.StatusCode.INTERNAL, "UPSTREAM_INTERNAL", {"RequestInfo"}, set()),
-    ("502-html", Step(status=502, raw_body="<html><body>502 Bad Gateway</body></html>", content_type="text/html"),
-     grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", {"RetryInfo"}, set()),
-    ("503", Step(status=503, error_type="server_error", message="unavailable", headers={"retry-after": "2"}),
-     grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", {"RetryInfo"}, set()),
-    ("529", Step(status=529, error_type="server_error", message="overloaded"),
-     grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", {"RetryInfo"}, set()),
-    ("504", Step(status=504, raw_body="gateway timeout", content_type="text/plain"),
-     grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", set(), set()),
-    ("not-json", Step(status=200, raw_body="<html>oops</html>", content_type="text/html"),
-     grpc.StatusCode.INTERNAL, "UPSTREAM_BAD_RESPONSE", set(), {"RetryInfo"}),
-    ("truncated-json", Step(status=200, raw_body='{"id": "chatcmpl-1", "choi', content_type="application/json"),
-     grpc.StatusCode.INTERNAL, "UPSTREAM_BAD_RESPONSE", set(), {"RetryInfo"}),
+    (
+        "401",
+        Step(
+            status=401,
+            error_type="invalid_request_error",
+            error_code="invalid_api_key",
+            message="Incorrect API key provided",
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_API_KEY",
+        set(),
+        {"RetryInfo"},
+    ),
+    (
+        "403",
+        Step(status=403, error_type="invalid_request_error", message="not allowed"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "INSUFFICIENT_PERMISSIONS",
+        set(),
+        {"RetryInfo"},
+    ),
+    (
+        "400",
+        Step(status=400, error_type="invalid_request_error", param="temperature", message="bad temperature"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALIDATION_FAILED",
+        {"BadRequest"},
+        {"RetryInfo"},
+    ),
+    (
+        "422",
+        Step(status=422, error_type="invalid_request_error", message="unprocessable"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALIDATION_FAILED",
+        {"BadRequest"},
+        {"RetryInfo"},
+    ),
+    (
+        "context",
+        Step(
+            status=400,
+            error_type="invalid_request_error",
+            error_code="context_length_exceeded",
+            param="messages",
+            message="too long",
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONTEXT_LENGTH_EXCEEDED",
+        {"BadRequest"},
+        {"RetryInfo"},
+    ),
+    (
+        "content-policy",
+        Step(
+            status=400,
+            error_type="invalid_request_error",
+            error_code="content_policy_violation",
+            message="refused",
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONTENT_POLICY_VIOLATION",
+        set(),
+        {"RetryInfo"},
+    ),
+    (
+        "404",
+        Step(status=404, error_type="invalid_request_error", message="no such model"),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+        {"ResourceInfo"},
+        {"RetryInfo"},
+    ),
+    (
+        "409",
+        Step(status=409, error_type="invalid_request_error", message="exists"),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "ALREADY_EXISTS",
+        set(),
+        set(),
+    ),
+    (
+        "429",
+        Step(
+            status=429,
+            error_type="requests",
+            error_code="rate_limit_exceeded",
+            message="slow down",
+            headers={"retry-after-ms": "1500"},
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        {"RetryInfo", "QuotaFailure"},
+        set(),
+    ),
+    (
+        "quota",
+        Step(
+            status=429, error_type="insufficient_quota", error_code="insufficient_quota", message="no credit"
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "QUOTA_EXCEEDED",
+        {"QuotaFailure"},
+        {"RetryInfo"},
+    ),
+    (
+        "500",
+        Step(status=500, error_type="server_error", message="boom"),
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_INTERNAL",
+        {"RequestInfo"},
+        set(),
+    ),
+    (
+        "502-html",
+        Step(status=502, raw_body="<html><body>502 Bad Gateway</body></html>", content_type="text/html"),
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+        {"RetryInfo"},
+        set(),
+    ),
+    (
+        "503",
+        Step(status=503, error_type="server_error", message="unavailable", headers={"retry-after": "2"}),
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+        {"RetryInfo"},
+        set(),
+    ),
+    (
+        "529",
+        Step(status=529, error_type="server_error", message="overloaded"),
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+        {"RetryInfo"},
+        set(),
+    ),
+    (
+        "504",
+        Step(status=504, raw_body="gateway timeout", content_type="text/plain"),
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "UPSTREAM_TIMEOUT",
+        set(),
+        set(),
+    ),
+    (
+        "not-json",
+        Step(status=200, raw_body="<html>oops</html>", content_type="text/html"),
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_BAD_RESPONSE",
+        set(),
+        {"RetryInfo"},
+    ),
+    (
+        "truncated-json",
+        Step(status=200, raw_body='{"id": "chatcmpl-1", "choi', content_type="application/json"),
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_BAD_RESPONSE",
+        set(),
+        {"RetryInfo"},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("step", "code", "reason", "present", "absent"), [c[1:] for c in UPSTREAM_CASES],
-                         ids=[c[0] for c in UPSTREAM_CASES])
+@pytest.mark.parametrize(
+    ("step", "code", "reason", "present", "absent"),
+    [c[1:] for c in UPSTREAM_CASES],
+    ids=[c[0] for c in UPSTREAM_CASES],
+)
 async def test_upstream_error_rows(
-    gateway: Gateway, clean_fake: FakeUpstream, step: Step, code: grpc.StatusCode, reason: str,
-    present: set[str], absent: set[str],
+    gateway: Gateway,
+    clean_fake: FakeUpstream,
+    step: Step,
+    code: grpc.StatusCode,
+    reason: str,
+    present: set[str],
+    absent: set[str],
 ) -> None:
     clean_fake.script("POST /chat/completions", step)
     failure = await call_failing(gateway, "CreateChatCompletion", chat(gateway))
@@ -147,8 +277,10 @@ async def test_upstream_error_rows(
 
 
 async def test_retry_info_carries_the_upstream_delay(gateway: Gateway, clean_fake: FakeUpstream) -> None:
-    clean_fake.script("POST /chat/completions", Step(status=429, error_type="requests", message="slow",
-                                                     headers={"retry-after-ms": "1500"}))
+    clean_fake.script(
+        "POST /chat/completions",
+        Step(status=429, error_type="requests", message="slow", headers={"retry-after-ms": "1500"}),
+    )
     failure = await call_failing(gateway, "CreateChatCompletion", chat(gateway))
     retry = failure.details["RetryInfo"]
     assert retry.retry_delay.seconds == 1 and retry.retry_delay.nanos == 500_000_000
@@ -156,15 +288,19 @@ async def test_retry_info_carries_the_upstream_delay(gateway: Gateway, clean_fak
 
 
 async def test_html_502_message_is_actionable(gateway: Gateway, clean_fake: FakeUpstream) -> None:
-    clean_fake.script("POST /chat/completions", Step(status=502, raw_body="<html>bad gateway</html>",
-                                                     content_type="text/html"))
+    clean_fake.script(
+        "POST /chat/completions",
+        Step(status=502, raw_body="<html>bad gateway</html>", content_type="text/html"),
+    )
     failure = await call_failing(gateway, "CreateChatCompletion", chat(gateway))
     assert "502" in failure.message and "<html>" not in failure.message
 
 
 async def test_state_change_on_finished_resource(gateway: Gateway, clean_fake: FakeUpstream) -> None:
-    clean_fake.script("POST /batches/{batch_id}/cancel", Step(status=400, error_type="invalid_request_error",
-                                                              message="Cannot cancel a completed batch"))
+    clean_fake.script(
+        "POST /batches/{batch_id}/cancel",
+        Step(status=400, error_type="invalid_request_error", message="Cannot cancel a completed batch"),
+    )
     failure = await call_failing(gateway, "CancelBatch", gateway.request("CancelBatch", batch_id="batch_1"))
     assert failure.code == grpc.StatusCode.FAILED_PRECONDITION
     assert failure.info.reason == "INVALID_STATE"
@@ -174,8 +310,9 @@ async def test_state_change_on_finished_resource(gateway: Gateway, clean_fake: F
 async def test_local_validation_lists_every_violation_and_sends_nothing(
     gateway: Gateway, clean_fake: FakeUpstream
 ) -> None:
-    req = gateway.request("CreateChatCompletion", model="", temperature=3.0, n=0, max_tokens=5,
-                          max_completion_tokens=5)
+    req = gateway.request(
+        "CreateChatCompletion", model="", temperature=3.0, n=0, max_tokens=5, max_completion_tokens=5
+    )
     failure = await call_failing(gateway, "CreateChatCompletion", req)
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.info.reason == "VALIDATION_FAILED"
@@ -235,8 +372,9 @@ async def test_missing_api_key(fake: FakeUpstream) -> None:
 
 async def test_circuit_open(fake: FakeUpstream) -> None:
     fake.reset()
-    gw = await start_gateway(settings_for(fake.base_url, breaker=BreakerConfig(failure_threshold=2,
-                                                                               recovery_timeout=30.0)))
+    gw = await start_gateway(
+        settings_for(fake.base_url, breaker=BreakerConfig(failure_threshold=2, recovery_timeout=30.0))
+    )
     try:
         fake.script("GET /models", Step(status=503, message="down", repeat=5))
         for _ in range(2):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
+
 from tests.contract.protomodel import ROOT
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -37,8 +37,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "openai_grpc_server", *args], env=env, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "openai_grpc_server", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,8 +70,13 @@ def test_bad_configuration_stops_at_start(args: tuple[str, ...], env: dict[str, 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[int, str]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "openai_grpc_server", "--demo", "--port", str(port)],
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openai_grpc_server", "--demo", "--port", str(port)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     banner = []
     deadline = time.monotonic() + 30
@@ -107,8 +117,12 @@ def test_grpcurl_list_describe_and_health(demo: tuple[int, str]) -> None:
     listed = grpcurl("-plaintext", addr, "list")
     assert listed.returncode == 0, listed.stderr
     services = set(listed.stdout.split())
-    assert {"openai_grpc.v1.ChatService", "openai_grpc.v1.FilesService", "grpc.health.v1.Health",
-            "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {
+        "openai_grpc.v1.ChatService",
+        "openai_grpc.v1.FilesService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
     described = grpcurl("-plaintext", addr, "describe", "openai_grpc.v1.ChatService")
     assert described.returncode == 0, described.stderr
     assert "rpc StreamChatCompletion" in described.stdout and "returns ( stream" in described.stdout
@@ -121,14 +135,22 @@ def test_grpcurl_list_describe_and_health(demo: tuple[int, str]) -> None:
 def test_grpcurl_streams_a_chat_completion(demo: tuple[int, str]) -> None:
     port, _ = demo
     data = '{"model":"gpt-4o-mini","messages":[{"role":"user","content_text":"hi"}]}'
-    proc = grpcurl("-plaintext", "-d", data, f"localhost:{port}", "openai_grpc.v1.ChatService/StreamChatCompletion")
+    proc = grpcurl(
+        "-plaintext", "-d", data, f"localhost:{port}", "openai_grpc.v1.ChatService/StreamChatCompletion"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count('"events"') >= 3
 
 
 def test_grpcurl_describes_the_proto_offline() -> None:
-    proc = grpcurl("-import-path", str(ROOT / "protos"), "-proto", "openai_grpc/v1/chat.proto", "describe",
-                   "openai_grpc.v1.ChatService")
+    proc = grpcurl(
+        "-import-path",
+        str(ROOT / "protos"),
+        "-proto",
+        "openai_grpc/v1/chat.proto",
+        "describe",
+        "openai_grpc.v1.ChatService",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "// " in proc.stdout and "CreateChatCompletion" in proc.stdout
 
@@ -137,17 +159,29 @@ async def test_sigterm_drains_in_flight_calls(fake: FakeUpstream) -> None:
     fake.reset()
     fake.script("GET /models", Step(delay_ms=1200))
     port = free_port()
-    env = clean_env(OPENAI_API_KEY="sk-drain-test", OPENAI_BASE_URL=fake.base_url, OPENAI_GRPC_PORT=str(port),
-                    OPENAI_GRPC_GRACE_SECONDS="10")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "openai_grpc_server", env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    env = clean_env(
+        OPENAI_API_KEY="sk-drain-test",
+        OPENAI_BASE_URL=fake.base_url,
+        OPENAI_GRPC_PORT=str(port),
+        OPENAI_GRPC_GRACE_SECONDS="10",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "openai_grpc_server",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     await asyncio.wait_for(proc.stdout.readline(), 30)  # the "listening" line
-    from openai_grpc.v1 import models_pb2, models_pb2_grpc  # noqa: PLC0415
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+    from openai_grpc.v1 import models_pb2, models_pb2_grpc  # noqa: PLC0415
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = models_pb2_grpc.ModelsServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=20)
+        call = models_pb2_grpc.ModelsServiceStub(channel).ListModels(
+            models_pb2.ListModelsRequest(), timeout=20
+        )
         await asyncio.sleep(0.3)  # the call is now waiting on the slow upstream
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)

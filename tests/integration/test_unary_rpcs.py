@@ -14,9 +14,9 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-
 from openai_grpc_server import codec, routes
 from openai_grpc_server.fake_upstream import FakeUpstream
+
 from tests.contract import specmodel
 from tests.contract.test_codec_roundtrip import _drop_filled_defaults, _normal
 from tests.integration.conftest import API_KEY, Gateway
@@ -88,7 +88,9 @@ async def test_unary_rpc(route: routes.Route, gateway: Gateway, clean_fake: Fake
     clean_fake.reset()
     async with httpx.AsyncClient() as client:
         replay = await client.request(
-            route.http_method, clean_fake.base_url + path, params=expected_query or None,
+            route.http_method,
+            clean_fake.base_url + path,
+            params=expected_query or None,
             json=body if route.has_body else None,
         )
     answer = replay.json()

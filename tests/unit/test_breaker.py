@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import orjson
 import pytest
-
 from openai_grpc_server import errors
 from openai_grpc_server.resilience import (
     Attempt,
@@ -76,6 +75,11 @@ async def breaker(clock: FakeClock) -> AsyncIterator[CircuitBreaker]:
     await cb.aclose()
 
 
+def state(cb: CircuitBreaker) -> CircuitState:
+    """Read through a call so mypy does not keep a narrowed property across state changes."""
+    return cb.state
+
+
 def fail(cb: CircuitBreaker, times: int, error: errors.OpenAIError | None = None) -> None:
     for _ in range(times):
         cb.admit().record(error or http_error(503))
@@ -84,9 +88,9 @@ def fail(cb: CircuitBreaker, times: int, error: errors.OpenAIError | None = None
 # --- opening ---------------------------------------------------------------------------------
 async def test_opens_after_the_threshold(breaker: CircuitBreaker) -> None:
     fail(breaker, 4)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     fail(breaker, 1)
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
 
 
 async def test_rejects_with_the_time_left(breaker: CircuitBreaker, clock: FakeClock) -> None:
@@ -122,7 +126,7 @@ async def test_time_left_is_right_on_the_real_clock(non_utc_tz: str) -> None:
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 429])
 async def test_4xx_never_opens_it(breaker: CircuitBreaker, status: int) -> None:
     fail(breaker, 50, http_error(status))
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     assert breaker.stats().failure_count == 0
 
 
@@ -132,7 +136,7 @@ async def test_quota_and_local_errors_never_open_it(breaker: CircuitBreaker) -> 
     )
     for err in (quota, errors.TooManyRequests("local"), errors.ValidationError("bad")):
         fail(breaker, 10, err)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 @pytest.mark.parametrize(
@@ -149,23 +153,23 @@ async def test_quota_and_local_errors_never_open_it(breaker: CircuitBreaker) -> 
 )
 async def test_server_and_network_failures_count(breaker: CircuitBreaker, error: errors.OpenAIError) -> None:
     fail(breaker, 5, error)
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
 
 
 async def test_failures_outside_the_window_do_not_count(breaker: CircuitBreaker, clock: FakeClock) -> None:
     fail(breaker, 4)
     clock.advance(61)
     fail(breaker, 4)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     fail(breaker, 1)
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
 
 
 async def test_a_success_resets_the_consecutive_count(breaker: CircuitBreaker) -> None:
     fail(breaker, 4)
     breaker.admit().record(None)
     fail(breaker, 4)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 # --- half-open -------------------------------------------------------------------------------
@@ -222,11 +226,11 @@ async def test_closes_after_the_success_threshold(breaker: CircuitBreaker, clock
     await clock.run_for(30)
     for _ in range(2):
         breaker.admit().record(None)
-        assert breaker.state is CircuitState.HALF_OPEN
+        assert state(breaker) is CircuitState.HALF_OPEN
     breaker.admit().record(None)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     fail(breaker, 4)  # a closed breaker starts counting from zero
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 async def test_a_4xx_probe_counts_as_alive(breaker: CircuitBreaker, clock: FakeClock) -> None:
@@ -234,7 +238,7 @@ async def test_a_4xx_probe_counts_as_alive(breaker: CircuitBreaker, clock: FakeC
     await clock.run_for(30)
     for _ in range(3):
         breaker.admit().record(http_error(404))
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 async def test_a_failed_probe_reopens(breaker: CircuitBreaker, clock: FakeClock) -> None:
@@ -242,12 +246,12 @@ async def test_a_failed_probe_reopens(breaker: CircuitBreaker, clock: FakeClock)
     await clock.run_for(30)
     breaker.admit().record(None)
     breaker.admit().record(http_error(502))
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     with pytest.raises(errors.CircuitOpen) as info:
         breaker.admit()
     assert info.value.retry_after == pytest.approx(30.0)  # a full recovery time again
     await clock.run_for(30)
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
     assert breaker.stats().success_count == 0  # earlier probe successes do not carry over
 
 
@@ -260,6 +264,47 @@ async def test_a_cancelled_probe_frees_the_slot(breaker: CircuitBreaker, clock: 
     permit.cancel()
     breaker.admit().record(None)
     assert breaker.stats().success_count == 1
+
+
+async def test_a_lost_probe_does_not_block_half_open_forever(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    fail(breaker, 5)
+    await clock.run_for(30)
+    lost = breaker.admit()  # a permit that is not reported for a long time
+    clock.advance(29)
+    with pytest.raises(errors.CircuitOpen):
+        breaker.admit()
+    clock.advance(1)
+    current = breaker.admit()
+    lost.cancel()  # reporting late does not free the current probe's slot
+    with pytest.raises(errors.CircuitOpen):
+        breaker.admit()
+    current.record(None)
+    assert breaker.stats().success_count == 1
+
+
+async def test_observer_reading_the_state_sees_the_new_one(clock: FakeClock) -> None:
+    seen: list[tuple[str, CircuitState]] = []
+    holder: list[CircuitBreaker] = []
+
+    def on_state(endpoint: str, new: str) -> None:
+        if holder:
+            seen.append((new, holder[0].state))
+
+    cb = CircuitBreaker("all", BreakerConfig(), clock=clock, on_state=on_state)
+    holder.append(cb)
+    fail(cb, 5)
+    clock.advance(30)
+    assert state(cb) is CircuitState.HALF_OPEN
+    for _ in range(3):
+        cb.admit().record(None)
+    assert seen == [
+        ("open", CircuitState.OPEN),
+        ("half_open", CircuitState.HALF_OPEN),
+        ("closed", CircuitState.CLOSED),
+    ]
+    await cb.aclose()
 
 
 async def test_late_failure_after_the_call_returned_counts(clock: FakeClock) -> None:
@@ -329,7 +374,7 @@ async def test_hooks_hear_everything(clock: FakeClock) -> None:
 async def test_works_without_a_running_loop_timer(breaker: CircuitBreaker, clock: FakeClock) -> None:
     fail(breaker, 5)
     clock.advance(30)  # the timer task has not run yet: the state is still computed correctly
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
 
 
 def test_config_defaults_and_parsing() -> None:

@@ -364,9 +364,8 @@ async def test_multipart_upload_recorded_and_downloadable(
     assert done["status"] == "completed" and done["file"]["bytes"] == 30
 
 
-@pytest.mark.slow
 async def test_large_download_matches_pattern(client: httpx.AsyncClient) -> None:
-    size = 256 * 1024 * 1024
+    size = 64 * 1024 * 1024 + 5  # streamed in 64 KiB writes, hashed as it arrives
     file_id = f"file-size-{size}"
     digest, n = hashlib.sha256(), 0
     async with client.stream("GET", f"/files/{file_id}/content") as resp:
@@ -431,6 +430,30 @@ async def test_disconnect_is_counted(fake: FakeUpstream, client: httpx.AsyncClie
     assert await fake.wait_for_disconnects(1, within=0.1)
     assert await fake.wait_until_idle(within=0.1)
     assert fake.stats.open_streams == 0 and fake.stats.streams_completed == 0
+
+
+async def test_coalesced_streams_are_byte_identical(fake: FakeUpstream, client: httpx.AsyncClient) -> None:
+    body = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    per_event = (await client.post("/chat/completions", json=body)).content
+    fake.config.coalesce_streams = True
+    assert (await client.post("/chat/completions", json=body)).content == per_event
+
+
+async def test_stop_cuts_open_streams_quickly() -> None:
+    fake = FakeUpstream()
+    await fake.start()
+    fake.script("*", Step(chunks=50, gap_ms=200))
+    async with (
+        httpx.AsyncClient(base_url=fake.base_url) as c,
+        c.stream("POST", "/chat/completions", json={"stream": True}) as resp,
+    ):
+        started = time.monotonic()
+        await fake.stop()
+        assert time.monotonic() - started < 0.5
+        with pytest.raises(httpx.RemoteProtocolError):
+            await resp.aread()
+    # A server-side stop is not a client disconnect.
+    assert fake.stats.disconnects == 0 and fake.stats.open_streams == 0
 
 
 async def test_control_routes(fake: FakeUpstream, client: httpx.AsyncClient) -> None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-
 from openai_grpc_server import errors
 from openai_grpc_server.resilience import (
     Attempt,
@@ -94,7 +93,7 @@ async def test_order_is_breaker_then_limiter_then_fn(
         trace.append("breaker")
         return real_admit(op)
 
-    def record(error: errors.OpenAIError | None, *, probe: bool = False) -> None:
+    def record(error: errors.OpenAIError | None, *, probe: int | None = None) -> None:
         trace.append(f"record:{type(error).__name__}")
         real_record(error, probe=probe)
 
@@ -152,8 +151,6 @@ async def test_rate_limit_rejection_frees_the_probe(clock: FakeClock) -> None:
         limits=RateLimitConfig(requests_per_minute=1, queue_requests=False),
         breaker=BreakerConfig(failure_threshold=1, success_threshold=1),
     )
-    manual = FakeClock()
-    policy.clock = manual  # not used below; the limiter and breaker share `clock`
 
     async def boom(attempt: Attempt) -> str:
         raise http_error(500)
@@ -216,7 +213,8 @@ async def test_each_attempt_reserves_and_failed_ones_return_tokens(policy: Resil
     reservation.settle(100)
     levels = full(policy)
     assert levels["tokens_per_minute"] == pytest.approx(5900, abs=1)  # only the success's usage
-    assert levels["requests_per_minute"] == pytest.approx(57, abs=0.1)  # three requests were sent
+    # Three requests were sent; the 1.5 s of backoff refilled 1.5 (60 per minute).
+    assert levels["requests_per_minute"] == pytest.approx(57 + 1.5)
 
 
 async def test_unclassified_exception_propagates_and_releases(policy: ResiliencePolicy) -> None:
@@ -275,6 +273,37 @@ async def test_cancellation_while_queued_or_sleeping_propagates() -> None:
             await task
     assert policy.limiter.queued("tenant-a") == 0
     assert clock.pending == 0
+    await policy.aclose()
+
+
+async def test_timeout_at_the_callers_deadline_is_not_an_upstream_failure() -> None:
+    clock = FakeClock()
+    policy = make(clock, breaker=BreakerConfig(failure_threshold=1))
+
+    async def slow(attempt: Attempt) -> str:
+        assert attempt.timeout is not None
+        await clock.sleep(attempt.timeout)  # the HTTP timeout was the remaining deadline
+        raise errors.Timeout("OpenAI did not answer in time (ReadTimeout)")
+
+    task = asyncio.create_task(
+        policy.execute(Operation(OP.endpoint, OP.credential, deadline=clock.now() + 5), slow)
+    )
+    await clock.run_for(5)
+    with pytest.raises(errors.Timeout) as info:
+        await task
+    assert info.value.retry_after is None  # nothing to come back for: the caller's time is up
+    assert policy.breaker_state(OP.endpoint) is CircuitState.CLOSED
+
+    async def upstream_timeout(attempt: Attempt) -> str:
+        raise errors.Timeout("OpenAI did not answer in time (ReadTimeout)")
+
+    task = asyncio.create_task(
+        policy.execute(Operation(OP.endpoint, OP.credential, deadline=clock.now() + 5), upstream_timeout)
+    )
+    await clock.run_for(0)
+    assert policy.breaker_state(OP.endpoint) is CircuitState.OPEN  # a timeout well before the deadline counts
+    with pytest.raises(errors.CircuitOpen):
+        await task
     await policy.aclose()
 
 
@@ -366,10 +395,18 @@ async def test_observer_sees_limits_retries_and_breaker(clock: FakeClock) -> Non
     async def boom(attempt: Attempt) -> str:
         raise http_error(503)
 
-    with pytest.raises(errors.TooManyRequests):
-        # attempt 1 fails (opens the breaker)... retry: the breaker is open -> CircuitOpen?
-        # No: the breaker check comes first, so the retry is refused by the breaker.
+    # Attempt 1 fails and opens the breaker; the retry is refused by the breaker, which is
+    # checked before the limiter (whose only request is used up).
+    with pytest.raises(errors.CircuitOpen) as info:
         await policy.execute(OP, boom)
+    assert info.value.retry_after == pytest.approx(29.5)
+    with pytest.raises(errors.CircuitOpen):
+        await policy.execute(OP, boom)
+    assert log.events == [("breaker", "closed"), ("breaker", "open"), ("attempt", "2")]
+    await clock.run_for(30)
+    with pytest.raises(errors.TooManyRequests):
+        await policy.execute(OP, boom)  # the probe slot, then the limiter refuses
+    assert log.events[-2:] == [("breaker", "half_open"), ("rate_limited", "requests_per_minute")]
     await policy.aclose()
 
 

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from openai_grpc_server import errors
 from openai_grpc_server.resilience import (
     Attempt,
@@ -382,7 +381,7 @@ async def test_a_failing_hook_falls_back_to_the_default() -> None:
 
     clock = FakeClock(auto_advance=True)
     policy = make_policy(clock=clock, hook=Broken())
-    fn, seen = failing(upstream(503), "ok")
+    fn, _ = failing(upstream(503), "ok")
     assert (await policy.execute(OP, fn))[0] == "ok"
     assert clock.sleeps == [0.5]
 

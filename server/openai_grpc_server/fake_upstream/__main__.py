@@ -23,6 +23,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--speech-bytes", type=int, default=32 * 1024, help="size of /audio/speech bodies")
     p.add_argument("--file-bytes", type=int, default=1024, help="content size of unknown file ids")
     p.add_argument("--ratelimit-headers", action="store_true", help="send x-ratelimit-* headers")
+    p.add_argument("--no-record", action="store_true", help="do not record requests (benchmarks)")
+    p.add_argument(
+        "--coalesce-streams",
+        action="store_true",
+        help="with --gap-ms 0, write each stream in one piece (benchmarks)",
+    )
     return p.parse_args(argv)
 
 
@@ -33,6 +39,8 @@ async def _run(args: argparse.Namespace) -> None:
         speech_bytes=args.speech_bytes,
         file_bytes=args.file_bytes,
         ratelimit=RateLimitHeaders() if args.ratelimit_headers else None,
+        record=not args.no_record,
+        coalesce_streams=args.coalesce_streams,
     )
     fake = FakeUpstream(args.host, args.port, config)
     await fake.start()

@@ -114,6 +114,11 @@ class StreamPlan:
     events: tuple[bytes, ...]  # every event before the terminator
     done: bytes | None  # the terminator ([DONE]) or None (Responses API)
 
+    @functools.cached_property
+    def joined(self) -> bytes:
+        """The whole stream as one write (FakeConfig.coalesce_streams)."""
+        return b"".join(self.events) + (self.done or b"")
+
 
 def error_event(kind: StreamKind, error: Mapping[str, Any], sequence_number: int) -> bytes:
     """The in-stream error event each dialect uses."""

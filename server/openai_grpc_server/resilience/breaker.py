@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-import aiobreaker  # type: ignore[import-untyped]
-from aiobreaker.storage.memory import CircuitMemoryStorage  # type: ignore[import-untyped]
+import aiobreaker  # type: ignore[import-untyped, unused-ignore]
+from aiobreaker.storage.memory import CircuitMemoryStorage  # type: ignore[import-untyped, unused-ignore]
 
 from openai_grpc_server import errors
 
@@ -198,6 +198,10 @@ class _Listener(aiobreaker.CircuitBreakerListener):  # type: ignore[misc]
         self._owner = owner
 
     def state_change(self, breaker: Any, old: Any, new: Any) -> None:
+        # aiobreaker notifies before it stores the new state (`self.state = storage.state = X`
+        # assigns left to right); store it first so listeners that read the state see the new
+        # one instead of re-triggering the transition.
+        breaker._state_storage.state = new.state
         before = _FROM_AIOBREAKER[old.state] if old is not None else CircuitState.CLOSED
         self._owner._on_state_change(before, _FROM_AIOBREAKER[new.state])
 
@@ -214,9 +218,9 @@ class Permit:
 
     __slots__ = ("_breaker", "_done", "probe")
 
-    def __init__(self, breaker: CircuitBreaker, probe: bool) -> None:
+    def __init__(self, breaker: CircuitBreaker, probe: int | None) -> None:
         self._breaker = breaker
-        self.probe = probe
+        self.probe = probe  # the probe's id in half-open, else None
         self._done = False
 
     def record(self, error: errors.OpenAIError | None) -> None:
@@ -256,7 +260,10 @@ class CircuitBreaker:
             state_storage=self._storage,
             name=name,
         )
-        self._probe_in_flight = False
+        # Start time of the probe in flight, or None. A probe silent for longer than
+        # recovery_timeout is presumed lost (a permit never reported) so half-open cannot stick.
+        self._probe_started: float | None = None
+        self._probe_id = 0
         self._successes = 0
         self._total = 0
         self._last_failure: float | None = None
@@ -297,10 +304,11 @@ class CircuitBreaker:
         """A permit to call the upstream, or `errors.CircuitOpen` with retry_after."""
         state = self.state
         if state is CircuitState.CLOSED:
-            return Permit(self, probe=False)
-        if state is CircuitState.HALF_OPEN and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return Permit(self, probe=True)
+            return Permit(self, probe=None)
+        if state is CircuitState.HALF_OPEN and not self._probe_busy():
+            self._probe_started = self._clock.now()
+            self._probe_id += 1
+            return Permit(self, probe=self._probe_id)
         if state is CircuitState.OPEN:
             wait = self.time_until_half_open()
             why = f"the next probe is allowed in {wait:.3g} s"
@@ -316,7 +324,7 @@ class CircuitBreaker:
             metadata={"endpoint": self.name, "breaker_state": state.value},
         )
 
-    def record(self, error: errors.OpenAIError | None, *, probe: bool = False) -> None:
+    def record(self, error: errors.OpenAIError | None, *, probe: int | None = None) -> None:
         """Count one outcome. Also used for failures found after the call returned (a stream
         cut mid-way): those are not probes."""
         failed = error is not None and error.breaker_failure
@@ -324,8 +332,7 @@ class CircuitBreaker:
         self._total += 1
         if failed:
             self._last_failure = now
-        if probe:
-            self._probe_in_flight = False
+        self._release(probe=probe)
         if self._hook is not None:
             fire_hook(
                 self._hook.on_outcome,
@@ -336,7 +343,7 @@ class CircuitBreaker:
         if state is CircuitState.HALF_OPEN:
             if failed:
                 self._cb.open()  # a failed probe (or late failure) reopens for a full recovery time
-            elif probe:
+            elif probe is not None:
                 self._successes += 1
                 if self._successes >= self.config.success_threshold:
                     self._cb.close()
@@ -355,15 +362,21 @@ class CircuitBreaker:
                     error.__traceback__ = traceback  # keep the caller's traceback clean
         # Open: outcomes of calls admitted before it opened neither extend nor shorten it.
 
-    def _release(self, *, probe: bool) -> None:
-        if probe:
-            self._probe_in_flight = False
+    def _release(self, *, probe: int | None) -> None:
+        # Only the current probe frees the slot: a probe presumed lost that reports late must
+        # not let a second probe run beside the current one.
+        if probe is not None and probe == self._probe_id:
+            self._probe_started = None
+
+    def _probe_busy(self) -> bool:
+        started = self._probe_started
+        return started is not None and self._clock.now() - started < self.config.recovery_timeout
 
     # -- aiobreaker listener --
     def _on_state_change(self, before: CircuitState, after: CircuitState) -> None:
         self._changed_at = self._clock.now()
         self._successes = 0
-        self._probe_in_flight = False
+        self._probe_started = None
         self._cancel_timer()
         if after is CircuitState.OPEN:
             self._start_timer()

@@ -49,8 +49,10 @@ class FakeClock:
     """A manual clock for tests.
 
     `sleep` parks the task until `advance` moves time past its wake-up point. With
-    `auto_advance=True` a sleep instead jumps time forward at once (handy for retry loops whose
-    only waits are the backoff sleeps). Every requested sleep is recorded in `sleeps`.
+    `auto_advance=True` time also jumps by itself: once every task has had a chance to run, the
+    clock moves to the earliest wake-up point (like trio's autojump clock), so retry loops run
+    instantly while a background timer (breaker recovery) still fires only when simulated time
+    really reaches it. Every requested sleep is recorded in `sleeps`.
     """
 
     def __init__(self, start: float = 1_000.0, *, auto_advance: bool = False) -> None:
@@ -59,6 +61,7 @@ class FakeClock:
         self.sleeps: list[float] = []
         self._seq = itertools.count()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._jumper: asyncio.Task[None] | None = None
 
     def now(self) -> float:
         return self._now
@@ -68,13 +71,12 @@ class FakeClock:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        if self.auto_advance:
-            self.advance(seconds)
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         entry = (self._now + seconds, next(self._seq), fut)
         heapq.heappush(self._sleepers, entry)
+        if self.auto_advance and (self._jumper is None or self._jumper.done()):
+            self._jumper = loop.create_task(self._autojump())
         try:
             await fut
         finally:
@@ -87,6 +89,15 @@ class FakeClock:
     def pending(self) -> int:
         """How many tasks are parked in `sleep`."""
         return sum(1 for _, _, fut in self._sleepers if not fut.done())
+
+    async def _autojump(self, idle_yields: int = 20) -> None:
+        while True:
+            await _yield(idle_yields)  # let every runnable task run (or park) first
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            if not self._sleepers:
+                return
+            self.advance(max(0.0, self._sleepers[0][0] - self._now))
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper that is due (they run at the next yield)."""

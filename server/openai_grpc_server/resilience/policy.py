@@ -31,6 +31,10 @@ __all__ = ["Attempt", "NullObserver", "Operation", "ResilienceObserver", "Resili
 
 T = TypeVar("T")
 
+# An HTTP timeout this close to the deadline was set by the deadline (timers fire a little early
+# or late); such a timeout says nothing about the upstream's health.
+_DEADLINE_SLACK = 0.05
+
 
 @dataclasses.dataclass(frozen=True)
 class Operation:
@@ -139,7 +143,10 @@ class ResiliencePolicy:
                 permit.record(None)
                 return value, reservation
 
-            permit.record(failure)
+            if self._deadline_timeout(op, failure):
+                permit.cancel()  # the caller's budget ran out, not the upstream's health
+            else:
+                permit.record(failure)
             if failure.upstream_status is not None:
                 reservation.settle(0)  # the upstream saw (and counted) the request, no tokens used
             else:
@@ -172,7 +179,7 @@ class ResiliencePolicy:
         if op.deadline is not None and self.clock.now() + delay >= op.deadline:
             # Never sleep past the deadline: fail now and tell the caller when to come back
             # (the status mapper turns retry_after into RetryInfo).
-            if error.retry_after is None:
+            if error.retry_after is None and op.deadline > self.clock.now():
                 error.retry_after = delay
             await self._exhausted(op, error, number)
             raise error
@@ -182,6 +189,15 @@ class ResiliencePolicy:
         notify(self.observer.on_retry_exhausted, op, attempts, error)
         if self._retry_hook is not None:
             await call_hook(self._retry_hook.on_exhausted, error, attempts, default=None)
+
+    def _deadline_timeout(self, op: Operation, error: errors.OpenAIError) -> bool:
+        """A local timeout that fired because the attempt's timeout was the caller's deadline."""
+        return (
+            isinstance(error, errors.Timeout)
+            and error.upstream_status is None
+            and op.deadline is not None
+            and self.clock.now() >= op.deadline - _DEADLINE_SLACK
+        )
 
     def _remaining(self, op: Operation) -> float | None:
         return None if op.deadline is None else op.deadline - self.clock.now()

@@ -18,7 +18,6 @@ import httpx
 import orjson
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-
 from openai_grpc_server import codec, routes, validation
 from openai_grpc_server.errors import (
     OpenAIError,
@@ -49,9 +48,9 @@ class EventConverter:
     """SSE event -> element of the stream response's `events` field."""
 
     def __init__(self, route: Route) -> None:
-        field = route.output_desc.fields_by_name["events"]
-        self.event_cls: Callable[[], Message] = message_factory.GetMessageClass(field.message_type)
-        self.named = "event" in field.message_type.fields_by_name and "type" not in field.message_type.fields_by_name
+        event_desc = codec.message_type(route.output_desc.fields_by_name["events"])
+        self.event_cls: Callable[[], Message] = message_factory.GetMessageClass(event_desc)
+        self.named = "event" in event_desc.fields_by_name and "type" not in event_desc.fields_by_name
 
     def convert(self, sse: SSEEvent, payload: Any) -> Message:
         msg = self.event_cls()
@@ -59,10 +58,10 @@ class EventConverter:
             # Assistants: the SSE event name says which object the data is.
             msg.event = sse.event  # type: ignore[attr-defined]
             member = _member_for(sse.event)
-            target = msg.DESCRIPTOR.fields_by_name.get(member)
+            target = codec.descriptor_of(msg).fields_by_name.get(member)
             if target is not None:
                 codec.set_field(msg, target, payload)
-            elif "extra" in msg.DESCRIPTOR.fields_by_name:
+            elif "extra" in codec.descriptor_of(msg).fields_by_name:
                 codec.decode_into({"data": payload}, msg)  # an event this proto does not know yet
             return msg
         codec.decode_into(payload, msg)
@@ -85,11 +84,14 @@ def _is_error(sse: SSEEvent, payload: Any) -> bool:
     if sse.event == "error":
         return True
     return isinstance(payload, dict) and (
-        isinstance(payload.get("error"), dict) and "choices" not in payload or payload.get("type") == "error"
+        (isinstance(payload.get("error"), dict) and "choices" not in payload)
+        or payload.get("type") == "error"
     )
 
 
-async def relay_events(gw: Gateway, route: Route, request: Message, context: Context) -> AsyncIterator[Message]:
+async def relay_events(
+    gw: Gateway, route: Route, request: Message, context: Context
+) -> AsyncIterator[Message]:
     call: Call | None = None
     sent = 0
     opened: _Open | None = None
@@ -103,8 +105,14 @@ async def relay_events(gw: Gateway, route: Route, request: Message, context: Con
 
         async def attempt(a: Attempt) -> _Open:
             response = await gw.upstream.send(
-                req.method, req.path, cred=active.credential, query=req.query, json_body=req.body,
-                timeout=a.timeout, beta=route.beta_header, stream=True,
+                req.method,
+                req.path,
+                cred=active.credential,
+                query=req.query,
+                json_body=req.body,
+                time_left=a.timeout,
+                beta=route.beta_header,
+                stream=True,
             )
             try:
                 chunks = response.aiter_bytes()
@@ -119,13 +127,14 @@ async def relay_events(gw: Gateway, route: Route, request: Message, context: Con
                     raise classify_exception(exc) from exc
                 raise
 
-        opened, reservation = await gw.policy.execute(call.op, attempt)
-        gw.policy.observe_headers(call.op, opened.response.headers)
-        trailing = forwarded_metadata(opened.response.headers)
+        stream, reservation = await gw.policy.execute(call.op, attempt)
+        opened = stream  # closed in `finally`
+        gw.policy.observe_headers(call.op, stream.response.headers)
+        trailing = forwarded_metadata(stream.response.headers)
         context.set_trailing_metadata(trailing)
         usage: dict[str, Any] | None = None
         finished = False
-        batch: list[SSEEvent] = opened.first
+        batch: list[SSEEvent] = stream.first
         while True:
             out: list[Message] = []
             for sse in batch:
@@ -153,7 +162,7 @@ async def relay_events(gw: Gateway, route: Route, request: Message, context: Con
                 sent += 1
                 gw.telemetry.streamed(route.endpoint, call.model, len(out))
             try:
-                chunk = await anext(opened.chunks)
+                chunk = await anext(stream.chunks)
             except StopAsyncIteration:
                 break
             except httpx.HTTPError as exc:
@@ -191,7 +200,9 @@ async def relay_events(gw: Gateway, route: Route, request: Message, context: Con
             await asyncio.shield(opened.response.aclose())
 
 
-async def relay_binary(gw: Gateway, route: Route, request: Message, context: Context) -> AsyncIterator[Message]:
+async def relay_binary(
+    gw: Gateway, route: Route, request: Message, context: Context
+) -> AsyncIterator[Message]:
     """Downloads and speech: relay bytes as they arrive, one `BinaryChunk` per upstream read."""
     call: Call | None = None
     opened: _Open | None = None
@@ -204,8 +215,14 @@ async def relay_binary(gw: Gateway, route: Route, request: Message, context: Con
 
         async def attempt(a: Attempt) -> _Open:
             response = await gw.upstream.send(
-                req.method, req.path, cred=active.credential, query=req.query, json_body=req.body,
-                timeout=a.timeout, beta=route.beta_header, stream=True,
+                req.method,
+                req.path,
+                cred=active.credential,
+                query=req.query,
+                json_body=req.body,
+                time_left=a.timeout,
+                beta=route.beta_header,
+                stream=True,
             )
             try:
                 chunks = response.aiter_raw()
@@ -219,13 +236,13 @@ async def relay_binary(gw: Gateway, route: Route, request: Message, context: Con
                     raise classify_exception(exc) from exc
                 raise
 
-        opened, reservation = await gw.policy.execute(call.op, attempt)
+        download, reservation = await gw.policy.execute(call.op, attempt)
+        opened = download  # closed in `finally`
         reservation.settle(0)
-        context.set_trailing_metadata(forwarded_metadata(opened.response.headers))
-        ctype = opened.response.headers.get("content-type", "application/octet-stream")
-        pending = opened.first
-        chunk_cls = route.output_desc.fields_by_name["chunk"].message_type
-        make_chunk = message_factory.GetMessageClass(chunk_cls)
+        context.set_trailing_metadata(forwarded_metadata(download.response.headers))
+        ctype = download.response.headers.get("content-type", "application/octet-stream")
+        pending = download.first
+        make_chunk = message_factory.GetMessageClass(codec.message_type(route.output_desc.fields_by_name["chunk"]))
         first = True
         while True:
             for data in pending:
@@ -235,10 +252,10 @@ async def relay_binary(gw: Gateway, route: Route, request: Message, context: Con
                     first = False
                 yield route.output_cls(chunk=piece)
                 sent += 1
-            if opened.done:
+            if download.done:
                 break
             try:
-                pending = [await anext(opened.chunks)]
+                pending = [await anext(download.chunks)]
             except StopAsyncIteration:
                 break
             except httpx.HTTPError as exc:

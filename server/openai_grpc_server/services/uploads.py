@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
-
 from openai_grpc_server import codec, routes, validation
 from openai_grpc_server.errors import MalformedRequest, OpenAIError
 from openai_grpc_server.gateway import Call, Context, Gateway, _is_abort, total_tokens, usage_of
@@ -60,8 +59,13 @@ def form_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
 class MultipartStream:
     """Yields the multipart body: text fields, then each file part as its chunks arrive."""
 
-    def __init__(self, fields: list[tuple[str, str]], chunks: AsyncIterator[Message], first: Message | None,
-                 main_field: str) -> None:
+    def __init__(
+        self,
+        fields: list[tuple[str, str]],
+        chunks: AsyncIterator[Message],
+        first: Message | None,
+        main_field: str,
+    ) -> None:
         self.boundary = "openai-grpc-" + secrets.token_hex(12)
         self.fields = fields
         self.chunks = chunks
@@ -97,7 +101,7 @@ class MultipartStream:
                     msg = await anext(self.chunks)
                 except StopAsyncIteration:
                     break
-            if msg.WhichOneof("payload") != "chunk":  # type: ignore[attr-defined]
+            if msg.WhichOneof("payload") != "chunk":
                 raise MalformedRequest("after the first message, an upload carries only `chunk` messages")
             chunk = msg.chunk  # type: ignore[attr-defined]
             field = chunk.field or self.main_field
@@ -123,8 +127,10 @@ async def relay_upload(
         try:
             head = await anext(requests)
         except StopAsyncIteration:
-            raise MalformedRequest("an upload starts with a `metadata` message; the stream was empty") from None
-        if head.WhichOneof("payload") != "metadata":  # type: ignore[attr-defined]
+            raise MalformedRequest(
+                "an upload starts with a `metadata` message; the stream was empty"
+            ) from None
+        if head.WhichOneof("payload") != "metadata":
             raise MalformedRequest("the first message of an upload must carry `metadata`")
         meta = head.metadata  # type: ignore[attr-defined]
         data = codec.encode(meta)
@@ -133,18 +139,25 @@ async def relay_upload(
         missing = [p for p, v in params.items() if not v]
         if missing:
             raise MalformedRequest(f"metadata.{missing[0]} is required: it is part of the URL")
-        validation.check(route, route.input_cls())  if False else None  # path checked above
+        validation.check(route, route.input_cls()) if False else None  # path checked above
         path = route.build_path(params)
         call = gw.begin(route, meta, context, data, 0)
-        body = MultipartStream(form_fields(data), requests, None, _MAIN_FILE_FIELD.get(route.path_template, "file"))
+        body = MultipartStream(
+            form_fields(data), requests, None, _MAIN_FILE_FIELD.get(route.path_template, "file")
+        )
         active = call
 
         async def attempt(a: Attempt) -> Any:
             if body.started:
                 raise last_error  # the body is gone: report the first failure, do not resend
             return await gw.upstream.send_json(
-                route.http_method, path, cred=active.credential, content=body, content_type=body.content_type,
-                timeout=a.timeout, beta=route.beta_header,
+                route.http_method,
+                path,
+                cred=active.credential,
+                content=body,
+                content_type=body.content_type,
+                time_left=a.timeout,
+                beta=route.beta_header,
             )
 
         last_error: OpenAIError = MalformedRequest("upload could not be sent")

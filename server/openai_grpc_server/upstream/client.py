@@ -12,14 +12,19 @@ from typing import Any
 
 import httpx
 import orjson
-
 from openai_grpc_server import __version__
 from openai_grpc_server.auth import Credential
 from openai_grpc_server.errors import DeserializationError, OpenAIError, classify_exception, classify_response
 
 USER_AGENT = f"openai-grpc/{__version__}"
 # Response headers callers get back as gRPC metadata.
-FORWARDED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "retry-after", "retry-after-ms")
+FORWARDED_HEADERS = (
+    "x-request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "retry-after",
+    "retry-after-ms",
+)
 FORWARDED_PREFIXES = ("x-ratelimit-",)
 _TEXT_TYPES = ("text/plain", "text/vtt", "application/x-subrip", "text/srt")
 
@@ -101,7 +106,7 @@ class UpstreamClient:
         json_body: Any = None,
         content: AsyncIterable[bytes] | bytes | None = None,
         content_type: str | None = None,
-        timeout: float | None = None,
+        time_left: float | None = None,
         beta: str | None = None,
         stream: bool = False,
     ) -> httpx.Response:
@@ -112,10 +117,10 @@ class UpstreamClient:
         request = self._client.build_request(
             method,
             path,
-            params=query or None,
+            params=list(query) if query else None,
             content=content,
             headers=self._headers(cred, beta, content_type),
-            timeout=self._timeout(timeout),
+            timeout=self._timeout(time_left),
         )
         try:
             response = await self._client.send(request, stream=True)

@@ -42,7 +42,7 @@ class SSEDecoder:
                 return []
             self._started = True
             if buf.startswith(_BOM):
-                buf = buf[len(_BOM):]
+                buf = buf[len(_BOM) :]
         events: list[SSEEvent] = []
         start = 0
         end = len(buf)
@@ -50,9 +50,9 @@ class SSEDecoder:
             m = _EOL.search(buf, start)
             if m is None:
                 break
-            if m.end() == end and buf[m.start():m.end()] == b"\r":
+            if m.end() == end and buf[m.start() : m.end()] == b"\r":
                 break  # maybe the first half of a CRLF split across chunks
-            self._line(buf[start:m.start()], events)
+            self._line(buf[start : m.start()], events)
             start = m.end()
         self._buf = buf[start:]
         return events
