@@ -291,7 +291,7 @@ class LoadGen:
                 if msg is grpc.aio.EOF:
                     raise RuntimeError("stream ended before its first message")
                 ready()
-                async for _ in call:
+                while await call.read() is not grpc.aio.EOF:
                     pass
             finally:
                 call.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -199,3 +200,32 @@ async def test_sigterm_drains_in_flight_calls(fake: FakeUpstream) -> None:
     assert "sk-drain-test" not in logs
     for line in logs.splitlines():
         json.loads(line)  # every log line is structured JSON
+
+
+def _readme_grpcurl_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    return [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith("grpcurl ")]
+
+
+def test_readme_grpcurl_examples_work_verbatim() -> None:
+    """Every grpcurl line of the README, run as written against `--demo` on :50051."""
+    lines = _readme_grpcurl_lines()
+    assert len(lines) >= 8
+    proc = subprocess.Popen([sys.executable, "-m", "openai_grpc_server", "--demo"], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "grpcurl" in "".join(proc.stdout.readline() for _ in range(2))
+        for line in lines:
+            argv = shlex.split(line)
+            argv[0] = GRPCURL
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if '"temperature":3' in line:
+                assert done.returncode != 0 and "InvalidArgument" in done.stderr, line
+                assert "VALIDATION_FAILED" in done.stderr and "temperature" in done.stderr
+            else:
+                assert done.returncode == 0, f"{line}\n{done.stderr}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -302,6 +302,7 @@ async def test_timeout_at_the_callers_deadline_is_not_an_upstream_failure() -> N
     )
     await clock.run_for(0)
     assert policy.breaker_state(OP.endpoint) is CircuitState.OPEN  # a timeout well before the deadline counts
+    await clock.run_for(1)  # the backoff sleep, then the retry meets the open circuit
     with pytest.raises(errors.CircuitOpen):
         await task
     await policy.aclose()

@@ -32,8 +32,17 @@ from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
 
 DONE = "[DONE]"
-# Responses-API streams end with one of these events instead of [DONE].
-_TERMINAL_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "done"})
+# Responses and image streams end with one of these events instead of [DONE].
+_TERMINAL_TYPES = frozenset(
+    {
+        "response.completed",
+        "response.failed",
+        "response.incomplete",
+        "image_generation.completed",
+        "image_edit.completed",
+        "done",
+    }
+)
 
 
 @dataclasses.dataclass
@@ -149,6 +158,9 @@ async def relay_events(
                         metadata={"messagesDelivered": str(sent)},
                     ) from None
                 if _is_error(sse, payload):
+                    if out:  # events that arrived before the error still reach the caller
+                        yield route.output_cls(events=out)
+                        sent += 1
                     raise classify_stream_error(payload)
                 found = usage_of(payload)
                 if found is not None:

@@ -105,12 +105,13 @@ class MultipartStream:
                 raise MalformedRequest("after the first message, an upload carries only `chunk` messages")
             chunk = msg.chunk  # type: ignore[attr-defined]
             field = chunk.field or self.main_field
-            key = (field, chunk.filename)
-            if key != current:
+            # File name and type are read on a part's first chunk; later chunks may leave them empty.
+            starts_part = current is None or field != current[0] or (chunk.filename and chunk.filename != current[1])
+            if starts_part:
                 if current is not None:
                     yield b"\r\n"
                 yield self._head(field, chunk.filename or "upload", chunk.content_type or None)
-                current = key
+                current = (field, chunk.filename)
             if chunk.data:
                 self.bytes_sent += len(chunk.data)
                 yield chunk.data

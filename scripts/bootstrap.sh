@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the gateway and its tests need, idempotently, into this checkout:
+# .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
+# missing, the Debian packages for Node.js and the Go protoc plugins. Safe to run repeatedly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v protoc-gen-go >/dev/null || need_apt+=(protoc-gen-go)
+command -v protoc-gen-go-grpc >/dev/null || need_apt+=(protoc-gen-go-grpc)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "bootstrap: Python 3.11 or newer is required ($($PY --version 2>&1) found)" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+
+# Reinstall only when the dependency declarations change.
+stamp=.venv/.openai-grpc-stamp
+want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing Python packages into .venv" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[server,dev]'
+  echo "$want" > "$stamp"
+fi
+
+ts=client_stubs/typescript
+tstamp=$ts/node_modules/.openai-grpc-stamp
+twant=$(sha256sum "$ts/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ]; then
+  echo "bootstrap: installing TypeScript toolchain (npm ci)" >&2
+  (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$twant" > "$tstamp"
+fi
