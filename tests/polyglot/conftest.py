@@ -1,0 +1,3 @@
+from tests.integration.conftest import clean_fake, fake, gateway
+
+__all__ = ["clean_fake", "fake", "gateway"]
