@@ -104,6 +104,11 @@ class Snapshot:
     hwm_kb: int
 
 
+def snapshot(pids: Sequence[int]) -> Snapshot:
+    rss, hwm = memory_kb(pids)
+    return Snapshot(time.monotonic(), cpu_seconds(pids), rss, hwm)
+
+
 class Proc:
     """One long-lived process of the benchmark (fake upstream, gateway, litellm)."""
 
@@ -158,9 +163,7 @@ class Proc:
         return process_tree(self.pid) if self.alive() else []
 
     def snapshot(self, pids: Sequence[int] | None = None) -> Snapshot:
-        pids = self.tree() if pids is None else pids
-        rss, hwm = memory_kb(pids)
-        return Snapshot(time.monotonic(), cpu_seconds(pids), rss, hwm)
+        return snapshot(self.tree() if pids is None else pids)
 
     def pause(self) -> None:
         """SIGSTOP the tree so an idle server cannot take CPU from the one being measured."""

@@ -67,6 +67,7 @@ class Running:
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.gateway.policy.aclose()
         await self.gateway.upstream.aclose()
 
 
@@ -82,7 +83,14 @@ def _credentials(s: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
 
 
-async def start(settings: Settings, *, interceptors: tuple[Any, ...] = ()) -> Running:
+def default_interceptors() -> tuple[Any, ...]:
+    """OpenTelemetry's server interceptor: one span and the status of every RPC."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
+
+    return (aio_server_interceptor(),)  # type: ignore[no-untyped-call]
+
+
+async def start(settings: Settings, *, interceptors: tuple[Any, ...] | None = None) -> Running:
     telemetry = Telemetry()
     policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
     upstream = UpstreamClient(settings.upstream())
@@ -99,7 +107,8 @@ async def start(settings: Settings, *, interceptors: tuple[Any, ...] = ()) -> Ru
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    chain = default_interceptors() if interceptors is None else interceptors
+    server = grpc.aio.server(interceptors=chain, options=options)
     server.add_generic_rpc_handlers(generic_handlers(gw, table))
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)  # type: ignore[no-untyped-call]

@@ -179,13 +179,17 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     key_file = file_data.get("api_key_file")
     if env.get("OPENAI_API_KEY"):
         key = env["OPENAI_API_KEY"]
+    key = key.strip()
     if args.api_key_file:
         key_file = args.api_key_file
     if key_file:
         try:
-            key = Path(str(key_file)).read_text().strip()
+            key = Path(str(key_file)).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read the API key file {key_file}: {exc.strerror or exc}") from exc
+    key = key.strip()
+    if any(c.isspace() or ord(c) < 32 for c in key):
+        raise ConfigError("the OpenAI API key contains whitespace or control characters; check how it was set")
     values["api_key"] = Secret(key)
 
     for section, cls in _SECTIONS:
@@ -197,7 +201,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         try:
             values[section] = cls.from_mapping(merged)
         except ValueError as exc:
-            raise ConfigError(f"{section}: {exc}") from exc
+            raise ConfigError(str(exc)) from exc
     return validate(Settings(**values))
 
 

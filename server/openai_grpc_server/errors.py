@@ -10,6 +10,7 @@ and `classify_exception` are the only places that turn upstream answers into the
 from __future__ import annotations
 
 import dataclasses
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -19,6 +20,15 @@ import httpx
 import orjson
 
 Code = grpc.StatusCode
+
+
+# Anything that looks like an OpenAI key or a bearer credential, wherever it shows up (an
+# upstream or proxy that echoes the key, an exception quoting a header).
+_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[^\s'\"]{6,})")
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub("[REDACTED]", text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +65,7 @@ class OpenAIError(Exception):
         resource: tuple[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.upstream_status = upstream_status
@@ -194,7 +205,8 @@ class QuotaExceeded(RateLimitError):
 
 
 class TokenLimitExceeded(RateLimitError):
-    pass
+    # One request larger than a whole bucket: waiting will never make room for it.
+    retryable = False
 
 
 # --- Server ----------------------------------------------------------------------------------
@@ -365,7 +377,18 @@ _CODE_TABLE: dict[str, type[OpenAIError]] = {
 _STATE_CHANGE_SUFFIXES = ("/cancel", "/pause", "/resume", "/complete", "/submit_tool_outputs")
 
 
+# No upstream delay is taken at face value beyond a day (`retry-after: inf` or 1e300).
+MAX_RETRY_AFTER = 86_400.0
+
+
 def _header_seconds(headers: Mapping[str, str]) -> float | None:
+    value = _parse_header_seconds(headers)
+    if value is None or value != value:  # NaN
+        return None
+    return min(value, MAX_RETRY_AFTER)
+
+
+def _parse_header_seconds(headers: Mapping[str, str]) -> float | None:
     """Delay the upstream asked for: `retry-after-ms`, then `retry-after` (seconds or HTTP date)."""
     import time  # noqa: PLC0415
     from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare path
@@ -438,7 +461,7 @@ def classify_response(
 
     violations: tuple[FieldViolation, ...] = ()
     if issubclass(cls, RequestError | ContentPolicyError):
-        violations = (FieldViolation(param or "", message),)
+        violations = (FieldViolation(param or "", redact(message)),)
     resource = None
     if cls is NotFound and path:
         resource = (path.strip("/").split("/")[0], path)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
+import orjson
 from google.protobuf.message import Message
 
 from openai_grpc_server import codec, routes, status, validation
@@ -25,7 +26,7 @@ from openai_grpc_server.errors import CodecFailure, GatewayInternal, OpenAIError
 from openai_grpc_server.resilience import Attempt, Operation, ResiliencePolicy
 from openai_grpc_server.routes import Route
 from openai_grpc_server.telemetry import Telemetry
-from openai_grpc_server.upstream.client import UpstreamClient, forwarded_metadata
+from openai_grpc_server.upstream.client import JsonResponse, UpstreamClient, forwarded_metadata
 
 log = logging.getLogger("openai_grpc.gateway")
 T = TypeVar("T")
@@ -101,8 +102,7 @@ class Gateway:
     ) -> Call:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         credential = self.auth.authenticate(metadata)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+        deadline = self.policy.deadline_in(context.time_remaining())
         op = Operation(
             endpoint=route.endpoint,
             credential=credential.name,
@@ -121,44 +121,15 @@ class Gateway:
     # --- unary -------------------------------------------------------------------------------
     def unary(self, route: Route) -> Callable[[Message, Context], Awaitable[Message]]:
         async def handler(request: Message, context: Context) -> Message:
-            call: Call | None = None
             async with self.slots:
+                call: Call | None = None
                 try:
                     validation.check(route, request)
                     req = routes.build_request(route, request)
-                    size = len(req.body) if req.body else 0
-                    call = self.begin(route, request, context, req.body, size * 8)
-
-                    async def attempt(a: Attempt) -> Any:
-                        return await self.upstream.send_json(
-                            req.method,
-                            req.path,
-                            cred=call.credential,
-                            query=req.query,
-                            json_body=req.body,
-                            time_left=a.timeout,
-                            beta=route.beta_header,
-                        )
-
-                    value, reservation = await self.policy.execute(call.op, attempt)
-                    self.policy.observe_headers(call.op, value.headers)
-                    usage = usage_of(value.body)
-                    if usage is not None:
-                        reservation.settle(total_tokens(usage))
-                        self.telemetry.usage(call.model, usage)
-                    else:
-                        reservation.settle(0)
-                    response = route.output_cls()
-                    try:
-                        codec.decode_response(value.body, response)
-                    except codec.CodecError as exc:
-                        raise CodecFailure(
-                            f"OpenAI's answer does not fit {route.output_desc.name}: {exc}",
-                            request_id=value.headers.get("x-request-id"),
-                        ) from exc
-                    await context.send_initial_metadata(forwarded_metadata(value.headers))
-                    self.telemetry.request_done(route.endpoint, call.model, call.started, None)
-                    return response
+                    payload = orjson.dumps(req.body) if req.body is not None else None
+                    call = self.begin(route, request, context, req.body, len(payload or b""))
+                    with self.telemetry.request_span(call, streaming=False):
+                        return await self._unary(route, call, req, payload, context)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -168,6 +139,41 @@ class Gateway:
                     raise AssertionError("unreachable") from exc
 
         return handler
+
+    async def _unary(
+        self, route: Route, call: Call, req: routes.UpstreamRequest, payload: bytes | None, context: Context
+    ) -> Message:
+        async def attempt(a: Attempt) -> JsonResponse:
+            return await self.upstream.send_json(
+                req.method,
+                req.path,
+                cred=call.credential,
+                query=req.query,
+                content=payload,
+                content_type="application/json" if payload is not None else None,
+                time_left=a.timeout,
+                beta=route.beta_header,
+            )
+
+        value, reservation = await self.policy.execute(call.op, attempt)
+        self.policy.observe_headers(call.op, value.headers)
+        self.telemetry.http_response(value.status, self.upstream.url(req.path), value.headers.get("x-request-id"))
+        usage = usage_of(value.body)
+        reservation.settle(total_tokens(usage) if usage else 0)
+        if usage is not None:
+            self.telemetry.usage(call.model, usage)
+        response = route.output_cls()
+        try:
+            codec.decode_response(value.body, response)
+        except codec.CodecError as exc:
+            raise CodecFailure(
+                f"OpenAI's answer does not fit {route.output_desc.name}: {exc}",
+                request_id=value.headers.get("x-request-id"),
+                headers=value.headers,
+            ) from exc
+        await context.send_initial_metadata(forwarded_metadata(value.headers))
+        self.telemetry.request_done(route.endpoint, call.model, call.started, None)
+        return response
 
 
 def _is_abort(exc: BaseException) -> bool:

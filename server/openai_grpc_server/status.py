@@ -31,7 +31,8 @@ def _pack(msg: object) -> any_pb2.Any:
 
 def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
-    d.FromNanoseconds(int(max(0.0, seconds) * 1e9))
+    finite = seconds if seconds == seconds and seconds < 1e9 else 1e9  # NaN or huge: clamp
+    d.FromNanoseconds(int(max(0.0, finite) * 1e9))
     return d
 
 

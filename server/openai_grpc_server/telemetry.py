@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
@@ -17,17 +16,11 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 
-from openai_grpc_server.errors import OpenAIError
+from openai_grpc_server.errors import OpenAIError, redact
 
 log = logging.getLogger("openai_grpc")
-tracer = trace.get_tracer("openai_grpc_server")
 
-_SECRET_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_\-\.=]{8,})")
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-
-def redact(text: str) -> str:
-    return _SECRET_PATTERNS.sub("[REDACTED]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,8 +61,13 @@ def setup_metrics(port: int | None) -> None:
 class Telemetry:
     """One object the request path reports to; also the resilience observer."""
 
-    def __init__(self) -> None:
-        meter = metrics.get_meter("openai_grpc_server")
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        meter = metrics.get_meter("openai_grpc_server", meter_provider=meter_provider)
+        self.tracer = trace.get_tracer("openai_grpc_server", tracer_provider=tracer_provider)
         self.requests = meter.create_counter("openai_requests_total", description="Upstream requests")
         self.duration = meter.create_histogram(
             "openai_request_duration_seconds", unit="s", description="Request latency"
@@ -110,10 +108,34 @@ class Telemetry:
     def usage(self, model: str, usage: dict[str, Any]) -> None:
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        span = trace.get_current_span()
         if isinstance(prompt, int):
             self.tokens.add(prompt, {"model": model, "type": "prompt"})
+            span.set_attribute("openai.tokens.prompt", prompt)
         if isinstance(completion, int):
             self.tokens.add(completion, {"model": model, "type": "completion"})
+            span.set_attribute("openai.tokens.completion", completion)
+
+    def request_span(self, call: Any, *, streaming: bool) -> Any:
+        """The `openai.request` span (seed 11.2) around one RPC's upstream work."""
+        method, _, path = call.route.endpoint.partition(" ")
+        attributes: dict[str, Any] = {
+            "openai.endpoint": path,
+            "openai.streaming": streaming,
+            "http.method": method,
+        }
+        if call.model:
+            attributes["openai.model"] = call.model
+        if call.credential.organization:
+            attributes["openai.organization_id"] = call.credential.organization
+        return self.tracer.start_as_current_span("openai.request", attributes=attributes)
+
+    def http_response(self, status: int, url: str, request_id: str | None) -> None:
+        span = trace.get_current_span()
+        span.set_attribute("http.status_code", status)
+        span.set_attribute("http.url", url)
+        if request_id:
+            span.set_attribute("openai.request_id", request_id)
 
     def streamed(self, endpoint: str, model: str, n: int) -> None:
         self.chunks.add(n, {"endpoint": endpoint, "model": model})

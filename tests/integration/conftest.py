@@ -87,7 +87,7 @@ async def start_gateway(settings: Settings) -> Gateway:
 
 
 async def stop_gateway(gw: Gateway) -> None:
-    await gw.channel.close()
+    await gw.channel.close(None)
     await gw.running.stop(0)
 
 

@@ -401,7 +401,7 @@ def test_config_defaults_match_the_seed() -> None:
         2.0,
         0.1,
     )
-    assert cfg.retryable_status_codes == (408, 409, 429, 500, 502, 503, 504)
+    assert cfg.retryable_status_codes == (408, 409, 429, 500, 502, 503, 504, 529)
 
 
 def test_config_from_strings() -> None:

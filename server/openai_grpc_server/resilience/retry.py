@@ -189,7 +189,7 @@ class RetryConfig:
     max_backoff: float = 60.0
     backoff_multiplier: float = 2.0
     jitter: float = 0.1
-    retryable_status_codes: tuple[int, ...] = (408, 409, 429, 500, 502, 503, 504)
+    retryable_status_codes: tuple[int, ...] = (408, 409, 429, 500, 502, 503, 504, 529)
 
     def __post_init__(self) -> None:
         s = "retry"

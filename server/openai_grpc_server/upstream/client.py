@@ -61,6 +61,7 @@ class UpstreamClient:
     def __init__(self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         base = settings.base_url.rstrip("/")
+        self._base = base
         self._client = httpx.AsyncClient(
             base_url=base,
             # Every open stream holds a connection: size the pool for the streams we accept.
@@ -142,6 +143,10 @@ class UpstreamClient:
     async def send_json(self, method: str, path: str, **kwargs: Any) -> JsonResponse:
         response = await self.send(method, path, **kwargs)
         return JsonResponse(response.status_code, response.headers, parse_json(response))
+
+    def url(self, path: str) -> str:
+        """The upstream URL of `path`, for traces (never carries credentials)."""
+        return f"{self._base}{path}"
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,0 +1,746 @@
+"""The benchmark: `.venv/bin/python -m bench.run [--quick]` (see bench/README.md).
+
+Starts the fake upstream, the gateway and (in its own venv) LiteLLM's proxy as separate
+processes on 127.0.0.1, drives each scenario through three paths side by side:
+
+* gateway: load generator --gRPC--> gateway --HTTP--> fake upstream
+* direct:  load generator --HTTP--> fake upstream
+* litellm: load generator --HTTP--> LiteLLM proxy --HTTP--> fake upstream
+
+and writes bench/results/<date>.json, PNG plots and docs/benchmarks.md. CPU is read from
+/proc/<pid>/stat (utime+stime) of each process tree at the start and end of every measured
+window; RSS from /proc/<pid>/status. Only the process under test runs: the other middle
+process is SIGSTOPped while a path is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import litellm_env, procs, report
+from bench.procs import Proc
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+CHAT_MODEL = "gpt-4o-mini"
+EMBED_MODEL = "text-embedding-3-small"
+GATEWAY_KEY = "sk-bench-placeholder-not-a-key"
+PATHS = ("gateway", "direct", "litellm")
+SCENARIOS = (
+    "unary_c1",
+    "unary_c64",
+    "embeddings_c1",
+    "embeddings_c16",
+    "stream64_c1",
+    "stream64_c64",
+    "cadence_max_streams",
+    "rss_per_stream",
+    "upload_256mib",
+    "cancellations_1000",
+)
+PackageNames = ("grpcio", "protobuf", "aiohttp", "httpx", "uvloop", "orjson", "matplotlib", "py-spy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Loads and durations; the scenario keys stay the same in quick mode."""
+
+    warmup: float = 2.0
+    duration: float = 8.0
+    c_low: int = 1
+    c_high: int = 64
+    embed_c: int = 16
+    embed_inputs: int = 16
+    embed_dims: int = 1536
+    stream_events: int = 64
+    cadence_events: int = 100
+    cadence_gap_ms: float = 20.0
+    cadence_steps: tuple[int, ...] = (64, 128, 256, 384, 512)
+    cadence_stagger: float = 2.0
+    cadence_duration: float = 8.0
+    hold_streams: int = 512
+    hold_gap_ms: float = 1000.0
+    upload_bytes: int = 256 << 20
+    chunk_bytes: int = 1 << 20
+    cancels: int = 1000
+    cancel_c: int = 16
+    cancel_gap_ms: float = 20.0
+    litellm_warmup: float = 4.0
+    profile_seconds: float = 8.0
+
+
+FULL = Plan()
+QUICK = Plan(
+    warmup=0.3,
+    duration=0.8,
+    c_high=8,
+    embed_c=4,
+    cadence_steps=(16, 32),
+    cadence_stagger=0.3,
+    cadence_duration=1.0,
+    hold_streams=32,
+    upload_bytes=8 << 20,
+    cancels=50,
+    cancel_c=8,
+    litellm_warmup=1.0,
+    profile_seconds=0.0,
+)
+
+
+def embedding_body(inputs: int, dims: int, seed: int = 7) -> str:
+    """An OpenAI embeddings answer of `inputs` vectors of `dims` floats, as the API formats them."""
+    rng = random.Random(seed)
+    data = [
+        {"object": "embedding", "index": i, "embedding": [round(rng.gauss(0, 0.03), 9) for _ in range(dims)]}
+        for i in range(inputs)
+    ]
+    usage = {"prompt_tokens": 12 * inputs, "total_tokens": 12 * inputs}
+    return json.dumps({"object": "list", "data": data, "model": EMBED_MODEL, "usage": usage})
+
+
+def system_busy_s() -> float:
+    """Busy CPU time of the whole machine (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return (sum(parts[:8]) - idle) / procs.CLK_TCK
+
+
+@dataclasses.dataclass
+class PathInfo:
+    name: str
+    transport: str
+    target: str
+    api_key: str
+    proc: Proc | None  # the middle process, None for direct
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.plan = QUICK if args.quick else FULL
+        self.py = sys.executable
+        self.stamp = dt.datetime.now().strftime("%Y-%m-%d")
+        suffix = "-quick" if self.quick else ""
+        self.results_dir: Path = args.results_dir
+        self.json_path = self.results_dir / f"{self.stamp}{suffix}.json"
+        self.plots_dir = self.results_dir / f"{self.stamp}{suffix}"
+        self.md_path: Path = args.docs_out or (
+            self.results_dir / f"{self.stamp}-quick.md" if self.quick else REPO / "docs" / "benchmarks.md"
+        )
+        self.log_dir: Path = args.log_dir or (BENCH / ".logs" / f"{self.stamp}{suffix}")
+        nproc = os.cpu_count() or 1
+        self.pin = bool(args.pin and nproc >= 2 and procs.have_taskset())
+        self.cpu_side = "0" if self.pin else None  # upstream, load generator, orchestrator
+        self.cpu_mid = "1" if self.pin else None  # the process under test
+        self.procs: dict[str, Proc] = {}
+        self.paths: dict[str, PathInfo] = {}
+        self.notes: list[str] = []
+        self.litellm: litellm_env.LitellmEnv | None = None
+        self.gateway_flags: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}
+        self.point_seq = 0
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def clean_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    async def start_fake(self) -> None:
+        port = procs.free_port()
+        argv = [self.py, "-m", "openai_grpc_server.fake_upstream", "--host", "127.0.0.1", "--port", str(port),
+                "--chunks", str(self.plan.stream_events - 2)]
+        fake = Proc("upstream", argv, env=self.clean_env(), cpus=self.cpu_side,
+                    log_path=self.log_dir / "fake_upstream.log", cwd=REPO)
+        fake.start()
+        self.procs["upstream"] = fake
+        await procs.wait_port(port, fake, 30)
+        self.fake_root = f"http://127.0.0.1:{port}"
+        self.fake_base = self.fake_root + "/v1"
+        # The fake has no knob for the size of an embeddings answer: script one for every request.
+        body = embedding_body(self.plan.embed_inputs, self.plan.embed_dims)
+        await self.fake_post("/_fake/script", {
+            "route": "POST /embeddings", "raw_body": body, "content_type": "application/json",
+            "for_seconds": 1e9,
+        })
+        self.embed_body_bytes = len(body)
+        self.paths["direct"] = PathInfo("direct", "http", self.fake_base, "sk-fake-direct", None)
+
+    def gateway_supports(self) -> dict[str, Any]:
+        try:
+            out = subprocess.run([self.py, "-m", "openai_grpc_server", "--help"], capture_output=True,
+                                 text=True, timeout=60, env=self.clean_env(), cwd=REPO).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        return {"workers": "--workers" in out}
+
+    async def start_gateway(self) -> None:
+        self.gateway_flags = self.gateway_supports()
+        workers = int(self.args.gateway_workers)
+        argv = [self.py, "-m", "openai_grpc_server", "--port", "0"]
+        if workers > 1:
+            if self.gateway_flags["workers"]:
+                argv += ["--workers", str(workers)]
+            else:
+                self.notes.append(
+                    f"--gateway-workers {workers} was asked for, but the gateway has no --workers flag yet: "
+                    "ran one gateway process."
+                )
+                workers = 1
+        self.gateway_workers = workers
+        port = procs.free_port()
+        argv[argv.index("--port") + 1] = str(port)
+        env = self.clean_env()
+        env.update(OPENAI_API_KEY=GATEWAY_KEY, OPENAI_BASE_URL=self.fake_base, OPENAI_GRPC_HOST="127.0.0.1",
+                   OPENAI_GRPC_PORT=str(port))
+        # More than one worker process cannot live on one pinned core.
+        cpus = self.cpu_mid if workers == 1 else None
+        gw = Proc("gateway", argv, env=env, cpus=cpus, log_path=self.log_dir / "gateway.log", cwd=REPO)
+        gw.start()
+        self.procs["gateway"] = gw
+        await procs.wait_port(port, gw, 60)
+        self.paths["gateway"] = PathInfo("gateway", "grpc", f"127.0.0.1:{port}", "", gw)
+
+    async def start_litellm(self) -> None:
+        if self.args.no_litellm:
+            self.litellm = litellm_env.LitellmEnv(self.args.litellm_venv, None, "skipped: --no-litellm")
+            return
+        print(f"[bench] LiteLLM venv {self.args.litellm_venv} ...", flush=True)
+        self.litellm = await asyncio.to_thread(
+            litellm_env.ensure, self.args.litellm_venv, version=self.args.litellm_version,
+            allow_install=not self.quick, log=self.log_dir / "litellm_install.log",
+        )
+        print(f"[bench] LiteLLM: {self.litellm.status} {self.litellm.version or ''}", flush=True)
+        if not self.litellm.ok:
+            return
+        port = procs.free_port()
+        cfg = self.log_dir / "litellm_config.yaml"
+        litellm_env.write_config(cfg, self.fake_base, CHAT_MODEL, EMBED_MODEL)
+        env = litellm_env.environment(self.clean_env())
+        lt = Proc("litellm", litellm_env.command(self.litellm, cfg, port), env=env, cpus=self.cpu_mid,
+                  log_path=self.log_dir / "litellm.log", cwd=self.log_dir)
+        lt.start()
+        self.procs["litellm"] = lt
+        try:
+            await procs.wait_port(port, lt, 180)
+            await self.wait_http(f"http://127.0.0.1:{port}/health/liveliness", lt, 120)
+        except RuntimeError as exc:
+            self.litellm.status = f"failed: proxy did not start: {str(exc)[:300]}"
+            lt.stop()
+            del self.procs["litellm"]
+            return
+        self.paths["litellm"] = PathInfo("litellm", "http", f"http://127.0.0.1:{port}/v1",
+                                         litellm_env.MASTER_KEY, lt)
+
+    async def wait_http(self, url: str, proc: Proc, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
+                return
+            except OSError:
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} not answering:\n{proc.log_tail()}") from None
+                await asyncio.sleep(0.5)
+
+    def stop_all(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            p.stop()
+
+    async def fake_post(self, path: str, payload: Any) -> Any:
+        def call() -> Any:
+            req = urllib.request.Request(self.fake_root + path, data=json.dumps(payload).encode(),
+                                         headers={"content-type": "application/json"}, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+
+        return await asyncio.to_thread(call)
+
+    async def fake_get(self, path: str) -> Any:
+        def call() -> Any:
+            with urllib.request.urlopen(self.fake_root + path, timeout=10) as r:
+                return json.loads(r.read())
+
+        return await asyncio.to_thread(call)
+
+    async def fake_stream_config(self, events: int, gap_ms: float) -> None:
+        await self.fake_post("/_fake/config", {"chunks": events - 2, "gap_ms": gap_ms})
+
+    def select(self, path: str) -> None:
+        """Only the middle process of `path` runs; the other is paused."""
+        for name in ("gateway", "litellm"):
+            p = self.procs.get(name)
+            if p is None:
+                continue
+            if name == path:
+                p.resume()
+            else:
+                p.pause()
+
+    # -- one measured point ------------------------------------------------------------------
+
+    async def point(
+        self,
+        path: str,
+        label: str,
+        mode: str,
+        *,
+        hooks: dict[str, Callable[[], Awaitable[Any]]] | None = None,
+        sample_rss: bool = False,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        info = self.paths[path]
+        self.select(path)
+        full = {"transport": info.transport, "target": info.target, "mode": mode, "api_key": info.api_key,
+                "model": CHAT_MODEL, "embed_model": EMBED_MODEL, "embed_inputs": self.plan.embed_inputs,
+                "embed_dims": self.plan.embed_dims, "chunk_bytes": self.plan.chunk_bytes, **spec}
+        argv = [self.py, "-m", "bench.loadgen", json.dumps(full)]
+        if self.cpu_side is not None:
+            argv = ["taskset", "-c", self.cpu_side, *argv]
+        self.point_seq += 1
+        log_path = self.log_dir / f"loadgen-{self.point_seq:03d}-{label}-{path}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[bench] {label:<22} {path:<8} {mode:<6} "
+              + " ".join(f"{k}={v}" for k, v in spec.items() if k in ("concurrency", "count", "upload_bytes")),
+              flush=True)
+        mid = info.proc
+        mid_pids = mid.tree() if mid is not None else []
+        up = self.procs["upstream"]
+        up_pids = up.tree()
+        me = os.getpid()
+        marks: dict[str, dict[str, Any]] = {}
+        result: dict[str, Any] | None = None
+        rss_peak = {"kb": 0}
+        sampler: asyncio.Task[None] | None = None
+
+        async def sample() -> None:
+            while True:
+                rss_peak["kb"] = max(rss_peak["kb"], procs.memory_kb(mid_pids)[0])
+                await asyncio.sleep(0.05)
+
+        with open(log_path, "wb") as errlog:
+            lg = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errlog,
+                cwd=REPO, env=self.clean_env(),
+            )
+            assert lg.stdout is not None and lg.stdin is not None
+            timeout = spec.get("warmup", 0) + spec.get("duration", 0) + 300
+            try:
+                async with asyncio.timeout(timeout):
+                    while line := await lg.stdout.readline():
+                        text = line.decode(errors="replace").rstrip("\n")
+                        if text.startswith("@MARK "):
+                            name = text[6:]
+                            snap: dict[str, Any] = {
+                                "t": time.monotonic(),
+                                "sys_busy_s": system_busy_s(),
+                                "upstream": dataclasses.asdict(up.snapshot(up_pids)),
+                                "loadgen": dataclasses.asdict(procs.snapshot([lg.pid])),
+                                "orchestrator": dataclasses.asdict(procs.snapshot([me])),
+                            }
+                            if mid is not None:
+                                snap["middle"] = dataclasses.asdict(mid.snapshot(mid_pids))
+                            if hooks and name in hooks:
+                                snap["hook"] = await hooks[name]()
+                            marks[name] = snap
+                            if sample_rss and mid is not None:
+                                if name == "START":
+                                    rss_peak["kb"] = snap["middle"]["rss_kb"]
+                                    sampler = asyncio.create_task(sample())
+                                elif name == "END" and sampler is not None:
+                                    sampler.cancel()
+                            lg.stdin.write(b"ok\n")
+                            await lg.stdin.drain()
+                        elif text.startswith("@RESULT "):
+                            result = json.loads(text[8:])
+                    await lg.wait()
+            except TimeoutError:
+                lg.kill()
+                await lg.wait()
+            finally:
+                if sampler is not None:
+                    sampler.cancel()
+        if result is None:
+            tail = log_path.read_text(errors="replace")[-800:]
+            return {"failed": f"load generator gave no result (exit {lg.returncode}): {tail}"}
+        out: dict[str, Any] = {"loadgen": result, "spec": {k: v for k, v in full.items() if k != "api_key"}}
+        out["processes"] = self.window_cpu(marks, "START", "END", mid is not None)
+        out["marks"] = {k: {kk: vv for kk, vv in v.items() if kk != "t"} for k, v in marks.items()}
+        if sample_rss and mid is not None and "START" in marks:
+            out["rss_peak_kb"] = rss_peak["kb"]
+            out["rss_start_kb"] = marks["START"]["middle"]["rss_kb"]
+        self.derive(out, mode)
+        return out
+
+    def window_cpu(self, marks: dict[str, dict[str, Any]], a: str, b: str, has_mid: bool) -> dict[str, Any]:
+        if a not in marks or b not in marks:
+            return {}
+        s, e = marks[a], marks[b]
+        wall = e["t"] - s["t"]
+        out: dict[str, Any] = {"wall_s": round(wall, 4)}
+        ours = 0.0
+        for name in ("middle", "upstream", "loadgen", "orchestrator"):
+            if name not in s or name not in e:
+                continue
+            cpu = e[name]["cpu_s"] - s[name]["cpu_s"]
+            ours += cpu
+            out[name] = {
+                "cpu_s": round(cpu, 4),
+                "cpu_pct": round(cpu / wall * 100, 1) if wall > 0 else None,
+                "rss_kb": e[name]["rss_kb"],
+                "hwm_kb": e[name]["hwm_kb"],
+            }
+        busy = e["sys_busy_s"] - s["sys_busy_s"]
+        out["machine_busy_pct"] = round(busy / wall * 100, 1) if wall > 0 else None
+        out["other_processes_pct"] = round(max(0.0, busy - ours) / wall * 100, 1) if wall > 0 else None
+        return out
+
+    @staticmethod
+    def derive(out: dict[str, Any], mode: str) -> None:
+        """CPU per request / per event of the middle process and the upstream."""
+        lg, pr = out["loadgen"], out["processes"]
+        wall = pr.get("wall_s") or 0.0
+        d: dict[str, Any] = {}
+        if mode in ("unary", "embed", "stream") and wall > 0:
+            rate = lg.get("rps") or 0.0
+            ev_rate = lg.get("events_per_s") or 0.0
+            for who in ("middle", "upstream", "loadgen"):
+                if who not in pr:
+                    continue
+                cpu = pr[who]["cpu_s"]
+                if rate:
+                    d[f"{who}_cpu_us_per_req"] = round(cpu / (rate * wall) * 1e6, 1)
+                if mode == "stream" and ev_rate:
+                    d[f"{who}_cpu_us_per_event"] = round(cpu / (ev_rate * wall) * 1e6, 2)
+        out["derived"] = d
+
+    # -- scenarios -----------------------------------------------------------------------------
+
+    def available(self, wanted: tuple[str, ...] = PATHS) -> list[str]:
+        return [p for p in wanted if p in self.paths]
+
+    def skipped(self, path: str) -> dict[str, Any]:
+        if path == "litellm" and self.litellm is not None and not self.litellm.ok:
+            return {"skipped": f"LiteLLM {self.litellm.status}"}
+        return {"skipped": "not available"}
+
+    async def simple(self, key: str, mode: str, concurrency: int, **extra: Any) -> dict[str, Any]:
+        p = self.plan
+        scen: dict[str, Any] = {"params": {"mode": mode, "concurrency": concurrency, "warmup_s": p.warmup,
+                                           "duration_s": p.duration, **extra}, "paths": {}}
+        for path in PATHS:
+            if path not in self.paths:
+                scen["paths"][path] = self.skipped(path)
+                continue
+            scen["paths"][path] = await self.point(path, key, mode, concurrency=concurrency, warmup=p.warmup,
+                                                   duration=p.duration)
+        return scen
+
+    async def cadence(self) -> dict[str, Any]:
+        p = self.plan
+        await self.fake_stream_config(p.cadence_events, p.cadence_gap_ms)
+        per_stream_rate = 1000.0 / p.cadence_gap_ms
+        scen: dict[str, Any] = {
+            "params": {"events_per_stream": p.cadence_events, "gap_ms": p.cadence_gap_ms,
+                       "steps": list(p.cadence_steps), "stagger_s": p.cadence_stagger,
+                       "duration_s": p.cadence_duration, "stall_threshold_ms": 40.0,
+                       "pass_rule": "no error, no inter-message gap > 40 ms, and >= 90% of the "
+                                    "expected event rate"},
+            "paths": {},
+        }
+        for path in PATHS:
+            if path not in self.paths:
+                scen["paths"][path] = self.skipped(path)
+                continue
+            steps: list[dict[str, Any]] = []
+            best = 0
+            for n in p.cadence_steps:
+                r = await self.point(path, "cadence", "stream", concurrency=n, stagger=p.cadence_stagger,
+                                     warmup=p.cadence_stagger + 1.0, duration=p.cadence_duration,
+                                     gap_threshold_ms=40.0)
+                if "failed" in r:
+                    steps.append({"streams": n, "pass": False, "failed": r["failed"]})
+                    break
+                lg = r["loadgen"]
+                expected = n * per_stream_rate
+                rate_ok = (lg.get("events_per_s") or 0) >= 0.9 * expected
+                ok = lg["errors"] == 0 and lg["gaps_over_threshold"] == 0 and rate_ok
+                pr = r["processes"]
+                cpu = {k: pr.get(k, {}).get("cpu_pct") for k in ("middle", "upstream", "loadgen")}
+                limited = [k for k, v in cpu.items() if v is not None and v >= 90]
+                steps.append({
+                    "streams": n, "pass": ok, "events_per_s": lg.get("events_per_s"),
+                    "expected_events_per_s": expected, "gaps_over_40ms": lg["gaps_over_threshold"],
+                    "gap_ms": lg["gap_ms"], "ttfc_ms": lg["ttfc_ms"], "errors": lg["errors"],
+                    "cpu_pct": cpu, "saturated": limited,
+                    "middle_rss_kb": pr.get("middle", {}).get("rss_kb"),
+                    "middle_cpu_us_per_event": r["derived"].get("middle_cpu_us_per_event"),
+                })
+                if not ok:
+                    break
+                best = n
+            scen["paths"][path] = {"steps": steps, "max_stall_free": best}
+        return scen
+
+    async def rss_per_stream(self) -> dict[str, Any]:
+        p = self.plan
+        await self.fake_stream_config(p.stream_events, p.hold_gap_ms)
+        scen: dict[str, Any] = {"params": {"streams": p.hold_streams, "event_gap_ms": p.hold_gap_ms,
+                                           "method": "VmRSS of the middle process with N streams open "
+                                                     "minus before opening them, divided by N"},
+                                "paths": {"direct": {"skipped": "no process between client and upstream"}}}
+        for path in ("gateway", "litellm"):
+            if path not in self.paths:
+                scen["paths"][path] = self.skipped(path)
+                continue
+            r = await self.point(path, "rss_per_stream", "hold", count=p.hold_streams, timeout=120.0)
+            if "failed" not in r:
+                m = r["marks"]
+                base = m["BASE"]["middle"]["rss_kb"]
+                held = m["HELD"]["middle"]["rss_kb"]
+                after = m["AFTER"]["middle"]["rss_kb"]
+                opened = r["loadgen"]["opened"] or 1
+                r["derived"] = {
+                    "rss_base_kb": base, "rss_held_kb": held, "rss_after_close_kb": after,
+                    "rss_per_stream_kib": round((held - base) / opened, 2),
+                    "threads": procs.thread_count(self.paths[path].proc.pid),  # type: ignore[union-attr]
+                }
+            scen["paths"][path] = r
+        return scen
+
+    async def upload(self) -> dict[str, Any]:
+        p = self.plan
+        scen: dict[str, Any] = {"params": {"bytes": p.upload_bytes, "chunk_bytes": p.chunk_bytes},
+                                "paths": {"litellm": {"skipped": "LiteLLM's proxy needs per-provider files "
+                                                                 "settings for /v1/files; not measured"}}}
+        for path in ("gateway", "direct"):
+            r = await self.point(path, "upload_256mib", "upload", upload_bytes=p.upload_bytes, uploads=1,
+                                 timeout=600.0, sample_rss=True)
+            if "failed" not in r:
+                lg, pr = r["loadgen"], r["processes"]
+                mib = p.upload_bytes / (1 << 20) * max(1, lg["uploads"])
+                d = {"mib_per_s": lg["mib_per_s"]}
+                if "middle" in pr:
+                    d["middle_cpu_ms_per_mib"] = round(pr["middle"]["cpu_s"] / mib * 1000, 3)
+                    d["middle_rss_growth_kib"] = r["rss_peak_kb"] - r["rss_start_kb"]
+                d["upstream_cpu_ms_per_mib"] = round(pr["upstream"]["cpu_s"] / mib * 1000, 3)
+                r["derived"] = d
+            scen["paths"][path] = r
+        return scen
+
+    async def cancellations(self) -> dict[str, Any]:
+        p = self.plan
+        await self.fake_stream_config(p.stream_events, p.cancel_gap_ms)
+        scen: dict[str, Any] = {"params": {"count": p.cancels, "concurrency": p.cancel_c,
+                                           "events_per_stream": p.stream_events, "gap_ms": p.cancel_gap_ms,
+                                           "what": "open a stream, read the first message, cancel"},
+                                "paths": {}}
+        for path in PATHS:
+            if path not in self.paths:
+                scen["paths"][path] = self.skipped(path)
+                continue
+
+            async def stats() -> Any:
+                return await self.fake_get("/_fake/stats")
+
+            r = await self.point(path, "cancellations_1000", "cancel", count=p.cancels, concurrency=p.cancel_c,
+                                 hooks={"START": stats}, timeout=60.0)
+            if "failed" not in r:
+                await asyncio.sleep(2.0)  # let disconnects reach the fake
+                after = await self.fake_get("/_fake/stats")
+                before = r["marks"]["START"]["hook"]
+                lg, pr = r["loadgen"], r["processes"]
+                n = lg["cancelled"] or 1
+                d: dict[str, Any] = {
+                    "upstream_disconnects": after["disconnects"] - before["disconnects"],
+                    "upstream_open_streams_after": after["open_streams"],
+                    "per_s": lg["per_s"],
+                }
+                if "middle" in pr:
+                    d["middle_cpu_us_per_cancel"] = round(pr["middle"]["cpu_s"] / n * 1e6, 1)
+                    mid = self.paths[path].proc
+                    assert mid is not None
+                    d["middle_rss_before_kb"] = r["marks"]["START"]["middle"]["rss_kb"]
+                    d["middle_rss_after_kb"] = procs.memory_kb(mid.tree())[0]
+                r["derived"] = d
+            scen["paths"][path] = r
+        return scen
+
+    async def profile(self) -> dict[str, Any]:
+        """py-spy on the gateway under the unary c=64 load (collapsed stacks, top costs)."""
+        p = self.plan
+        spy = shutil.which("py-spy") or str(Path(self.py).parent / "py-spy")
+        if not Path(spy).exists():
+            return {"skipped": "py-spy is not installed (pip install py-spy)"}
+        gw = self.paths["gateway"].proc
+        assert gw is not None
+        out_file = self.log_dir / "gateway-unary-c64.pyspy.txt"
+        holder: dict[str, asyncio.subprocess.Process] = {}
+
+        async def begin() -> Any:
+            argv = [spy, "record", "--pid", str(gw.pid), "--duration", str(int(p.profile_seconds)),
+                    "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out_file)]
+            if self.cpu_side is not None:
+                argv = ["taskset", "-c", self.cpu_side, *argv]
+            holder["spy"] = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            return None
+
+        r = await self.point("gateway", "profile", "unary", concurrency=p.c_high, warmup=p.warmup,
+                             duration=p.profile_seconds + 1.5, hooks={"START": begin})
+        spy_proc = holder.get("spy")
+        if spy_proc is None:
+            return {"skipped": "py-spy did not start"}
+        _, err = await spy_proc.communicate()
+        if spy_proc.returncode != 0 or not out_file.exists():
+            return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-400:]}"}
+        summary = report.summarize_collapsed(out_file.read_text())
+        summary["rps_under_profiler"] = r.get("loadgen", {}).get("rps")
+        summary["raw_file"] = str(out_file)
+        summary["tool"] = "py-spy record --rate 200 --nonblocking (Python frames only)"
+        return summary
+
+    async def warm(self) -> None:
+        """A few seconds of traffic per middle process before anything is measured."""
+        for path in ("gateway", "litellm"):
+            if path in self.paths:
+                secs = self.plan.litellm_warmup if path == "litellm" else min(2.0, self.plan.litellm_warmup)
+                await self.point(path, "warm-up", "unary", concurrency=4, warmup=secs, duration=0.2)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        p = self.plan
+        t0 = time.monotonic()
+        if self.cpu_side is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {int(self.cpu_side)})
+        loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
+        try:
+            await self.start_fake()
+            await self.start_gateway()
+            await self.start_litellm()
+            await self.warm()
+            s: dict[str, Any] = {}
+            s["unary_c1"] = await self.simple("unary_c1", "unary", p.c_low)
+            s["unary_c64"] = await self.simple("unary_c64", "unary", p.c_high)
+            s["embeddings_c1"] = await self.simple(
+                "embeddings_c1", "embed", p.c_low, inputs=p.embed_inputs, dims=p.embed_dims,
+                response_bytes=self.embed_body_bytes)
+            s["embeddings_c16"] = await self.simple(
+                "embeddings_c16", "embed", p.embed_c, inputs=p.embed_inputs, dims=p.embed_dims,
+                response_bytes=self.embed_body_bytes)
+            await self.fake_stream_config(p.stream_events, 0.0)
+            s["stream64_c1"] = await self.simple("stream64_c1", "stream", p.c_low, events=p.stream_events)
+            s["stream64_c64"] = await self.simple("stream64_c64", "stream", p.c_high, events=p.stream_events)
+            s["cadence_max_streams"] = await self.cadence()
+            s["rss_per_stream"] = await self.rss_per_stream()
+            s["upload_256mib"] = await self.upload()
+            s["cancellations_1000"] = await self.cancellations()
+            prof: dict[str, Any] = {"skipped": "quick mode"} if self.quick or self.args.no_profile else {}
+            if not prof:
+                await self.fake_stream_config(p.stream_events, 0.0)
+                prof = await self.profile()
+            gw_log_tail = self.procs["gateway"].log_tail(5)
+        finally:
+            self.stop_all()
+        versions = procs.package_versions(PackageNames)
+        litellm_versions: dict[str, str | None] = {}
+        if self.litellm is not None and self.litellm.ok:
+            litellm_versions = procs.package_versions(
+                ("litellm", "uvicorn", "fastapi", "httpx", "aiohttp", "openai", "pydantic"),
+                str(self.litellm.python))
+        if any(not v for v in (versions.get("matplotlib"),)):
+            self.notes.append("matplotlib is not installed: no plots (pip install matplotlib).")
+        self.notes.append(
+            "The fake upstream has no request-size knob for embeddings: the harness scripts every "
+            f"POST /embeddings answer ({p.embed_inputs} x {p.embed_dims} floats, "
+            f"{self.embed_body_bytes} bytes) through /_fake/script."
+        )
+        result: dict[str, Any] = {
+            "schema": 1,
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "quick": self.quick,
+            "command": " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]]),
+            "elapsed_s": round(time.monotonic() - t0, 1),
+            "machine": {**procs.machine_info(), "loadavg_before": loadavg_before},
+            "versions": {"gateway_venv": versions, "litellm_venv": litellm_versions,
+                         "gateway_git": procs.git_revision(REPO)},
+            "pinning": {
+                "enabled": self.pin,
+                "tool": "taskset -c" if self.pin else None,
+                "middle_process_cpus": self.cpu_mid if self.gateway_workers == 1 else None,
+                "upstream_cpus": self.cpu_side,
+                "loadgen_cpus": self.cpu_side,
+                "orchestrator_cpus": self.cpu_side,
+                "note": "the process under test (gateway or LiteLLM) alone on CPU 1; fake upstream, load "
+                        "generator and orchestrator share CPU 0" if self.pin else "no pinning",
+            },
+            "gateway": {"workers": self.gateway_workers, "supports_workers_flag": self.gateway_flags["workers"],
+                        "log_tail": gw_log_tail},
+            "litellm": dataclasses.asdict(self.litellm) if self.litellm else None,
+            "plan": dataclasses.asdict(p),
+            "scenarios": s,
+            "profile": prof,
+            "notes": self.notes,
+        }
+        for path in ("venv",):
+            if result["litellm"] and path in result["litellm"]:
+                result["litellm"][path] = str(result["litellm"][path])
+        result["targets"] = report.evaluate_targets(result)
+        return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds per path, tiny loads (smoke test)")
+    ap.add_argument("--results-dir", type=Path, default=BENCH / "results", help="where <date>.json goes")
+    ap.add_argument("--docs-out", type=Path, default=None,
+                    help="markdown report (default docs/benchmarks.md; quick: results dir)")
+    ap.add_argument("--log-dir", type=Path, default=None, help="process logs (default bench/.logs/<date>)")
+    ap.add_argument("--gateway-workers", type=int, default=1,
+                    help="gateway worker processes; passed as --workers when the gateway supports it")
+    ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
+    ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
+    ap.add_argument("--litellm-venv", type=Path, default=BENCH / ".venv-litellm")
+    ap.add_argument("--litellm-version", default=litellm_env.DEFAULT_VERSION)
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    result = asyncio.run(bench.run())
+    bench.results_dir.mkdir(parents=True, exist_ok=True)
+    plots = report.make_plots(result, bench.plots_dir)
+    result["plots"] = {k: str(v) for k, v in plots.items()}
+    bench.json_path.write_text(json.dumps(result, indent=1) + "\n")
+    bench.md_path.parent.mkdir(parents=True, exist_ok=True)
+    bench.md_path.write_text(report.markdown(result, bench.md_path, bench.json_path, plots))
+    print(f"[bench] wrote {bench.json_path} and {bench.md_path} in {result['elapsed_s']} s", flush=True)
+    for t in result["targets"]:
+        print(f"[bench] {t['verdict']:<7} {t['name']}: {t['measured_text']} (target {t['target_text']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
