@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from openai_grpc_server import routes
@@ -90,8 +90,10 @@ def default_interceptors() -> tuple[Any, ...]:
     return (aio_server_interceptor(),)  # type: ignore[no-untyped-call]
 
 
-async def start(settings: Settings, *, interceptors: tuple[Any, ...] | None = None) -> Running:
-    telemetry = Telemetry()
+async def start(
+    settings: Settings, *, interceptors: tuple[Any, ...] | None = None, telemetry: Telemetry | None = None
+) -> Running:
+    telemetry = telemetry or Telemetry()
     policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
     upstream = UpstreamClient(settings.upstream())
     gw = Gateway(

@@ -189,7 +189,9 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             raise ConfigError(f"cannot read the API key file {key_file}: {exc.strerror or exc}") from exc
     key = key.strip()
     if any(c.isspace() or ord(c) < 32 for c in key):
-        raise ConfigError("the OpenAI API key contains whitespace or control characters; check how it was set")
+        raise ConfigError(
+            "the OpenAI API key contains whitespace or control characters; check how it was set"
+        )
     values["api_key"] = Secret(key)
 
     for section, cls in _SECTIONS:

@@ -10,6 +10,7 @@ and `classify_exception` are the only places that turn upstream answers into the
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import ssl
 from collections.abc import Mapping
@@ -383,7 +384,7 @@ MAX_RETRY_AFTER = 86_400.0
 
 def _header_seconds(headers: Mapping[str, str]) -> float | None:
     value = _parse_header_seconds(headers)
-    if value is None or value != value:  # NaN
+    if value is None or math.isnan(value):
         return None
     return min(value, MAX_RETRY_AFTER)
 

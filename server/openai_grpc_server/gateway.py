@@ -157,7 +157,9 @@ class Gateway:
 
         value, reservation = await self.policy.execute(call.op, attempt)
         self.policy.observe_headers(call.op, value.headers)
-        self.telemetry.http_response(value.status, self.upstream.url(req.path), value.headers.get("x-request-id"))
+        self.telemetry.http_response(
+            value.status, self.upstream.url(req.path), value.headers.get("x-request-id")
+        )
         usage = usage_of(value.body)
         reservation.settle(total_tokens(usage) if usage else 0)
         if usage is not None:

@@ -6,6 +6,7 @@ The status travels as `grpc-status-details-bin` in the trailing metadata of `con
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -31,7 +32,7 @@ def _pack(msg: object) -> any_pb2.Any:
 
 def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
-    finite = seconds if seconds == seconds and seconds < 1e9 else 1e9  # NaN or huge: clamp
+    finite = seconds if math.isfinite(seconds) and seconds < 1e9 else 1e9  # NaN or huge: clamp
     d.FromNanoseconds(int(max(0.0, finite) * 1e9))
     return d
 

@@ -86,7 +86,7 @@ def test_streaming_endpoints_have_a_server_streaming_twin() -> None:
     ):
         names = by_route[("POST", path)]
         assert any(n.startswith("Stream") for n in names) and any(
-            n.startswith("Create") or n.startswith("Submit") for n in names
+            n.startswith(("Create", "Submit")) for n in names
         ), (path, names)
 
 

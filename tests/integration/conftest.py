@@ -14,6 +14,7 @@ from openai_grpc_server.auth import Secret
 from openai_grpc_server.config import Settings
 from openai_grpc_server.fake_upstream import FakeUpstream
 from openai_grpc_server.resilience import BreakerConfig, RetryConfig
+from openai_grpc_server.telemetry import Telemetry
 
 API_KEY = "sk-test-integration-0123456789"
 
@@ -80,8 +81,8 @@ async def fake() -> AsyncIterator[FakeUpstream]:
     await upstream.stop()
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    running = await app.start(settings)
+async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:
+    running = await app.start(settings, telemetry=telemetry)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return Gateway(running, channel, {r.name: r for r in routes.load_routes()})
 

@@ -212,8 +212,13 @@ def test_readme_grpcurl_examples_work_verbatim() -> None:
     """Every grpcurl line of the README, run as written against `--demo` on :50051."""
     lines = _readme_grpcurl_lines()
     assert len(lines) >= 8
-    proc = subprocess.Popen([sys.executable, "-m", "openai_grpc_server", "--demo"], env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openai_grpc_server", "--demo"],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         assert "grpcurl" in "".join(proc.stdout.readline() for _ in range(2))

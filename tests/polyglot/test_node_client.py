@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from openai_grpc_server.fake_upstream import FakeUpstream
+
 from tests.contract.protomodel import ROOT
 from tests.integration.conftest import Gateway
 
@@ -13,8 +14,9 @@ TS = ROOT / "client_stubs" / "typescript"
 
 
 async def _run(*cmd: str, cwd: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(*cmd, cwd=cwd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
 

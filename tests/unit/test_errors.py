@@ -65,7 +65,9 @@ def unpack_details(st: status_pb2.Status) -> dict[str, Any]:
     """Detail name -> unpacked message; fails on an unknown or repeated detail type."""
     found: dict[str, Any] = {}
     for any_msg in st.details:
-        matches = [name for name, cls in DETAIL_TYPES.items() if any_msg.Is(cls.DESCRIPTOR)]
+        matches = [
+            name for name, cls in DETAIL_TYPES.items() if any_msg.TypeName() == cls.DESCRIPTOR.full_name
+        ]
         assert len(matches) == 1, any_msg.type_url
         name = matches[0]
         assert name not in found, f"{name} twice"
@@ -434,9 +436,8 @@ def test_retry_info_carries_the_upstream_delay(headers: dict[str, str], seconds:
 def test_absurd_retry_after_still_builds_a_status(header: str, value: str) -> None:
     """An upstream (or proxy) header must never break the error path itself.
 
-    BUG: `float("inf")` passes `max(0.0, ...)` in errors._header_seconds and then
-    status._duration does `int(inf * 1e9)` -> OverflowError, so no status can be built; a
-    finite but huge delay (1e12 s) gives a Duration outside its documented range.
+    `retry-after: inf` once reached status._duration as `int(inf * 1e9)` (OverflowError, no
+    status at all); a finite but huge delay must still fit google.protobuf.Duration.
     """
     err = classify(503, headers={header: value})
     st = status.to_rpc_status(err)
@@ -788,7 +789,7 @@ def test_every_class_carries_error_info_and_exactly_its_details(cls: type[errors
     assert st.message == f"{cls.__name__} happened"
     details = unpack_details(st)
     assert set(details) == {"ErrorInfo"} | set(cls.details)
-    assert st.details[0].Is(error_details_pb2.ErrorInfo.DESCRIPTOR)  # ErrorInfo first
+    assert st.details[0].TypeName() == "google.rpc.ErrorInfo"  # ErrorInfo first
     info = details["ErrorInfo"]
     assert (info.reason, info.domain) == (cls.reason, "openai-grpc")
     assert info.metadata["errorCode"] == cls.error_code
@@ -889,8 +890,8 @@ def test_no_key_from_an_unexpected_exception() -> None:
 def test_no_key_when_the_upstream_echoes_it() -> None:
     """A proxy (or a misconfigured upstream) that echoes the full key in its error message.
 
-    BUG: classify_response copies `error.message` verbatim into the status, so the tenant's
-    upstream key, which callers must never learn, reaches the caller.
+    The tenant's upstream key is a secret callers must never learn, even when the upstream
+    message quotes it.
     """
     err = classify(401, openai_body(f"Incorrect API key provided: {API_KEY}.", code="invalid_api_key"))
     assert type(err) is errors.InvalidApiKey
@@ -900,8 +901,8 @@ def test_no_key_when_the_upstream_echoes_it() -> None:
 def test_no_key_when_the_key_has_a_stray_newline() -> None:
     """h11 rejects a header value with a newline and quotes it: `OPENAI_API_KEY="sk-...\\n"`.
 
-    This is the exact exception httpx raises for `authorization: Bearer <key>\\n`.
-    BUG: classify_exception puts `str(exc)` into the message, so the key reaches the caller.
+    This is the exact exception httpx raises for `authorization: Bearer <key>\\n`, and
+    classify_exception quotes `str(exc)` in its message.
     """
     exc = httpx.LocalProtocolError(f"Illegal header value b'Bearer {API_KEY}\\n'")
     err = errors.classify_exception(exc, base_url="https://api.openai.com/v1")

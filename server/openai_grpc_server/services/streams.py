@@ -254,7 +254,9 @@ async def relay_binary(
         context.set_trailing_metadata(forwarded_metadata(download.response.headers))
         ctype = download.response.headers.get("content-type", "application/octet-stream")
         pending = download.first
-        make_chunk = message_factory.GetMessageClass(codec.message_type(route.output_desc.fields_by_name["chunk"]))
+        make_chunk = message_factory.GetMessageClass(
+            codec.message_type(route.output_desc.fields_by_name["chunk"])
+        )
         first = True
         while True:
             for data in pending:

@@ -106,7 +106,9 @@ class MultipartStream:
             chunk = msg.chunk  # type: ignore[attr-defined]
             field = chunk.field or self.main_field
             # File name and type are read on a part's first chunk; later chunks may leave them empty.
-            starts_part = current is None or field != current[0] or (chunk.filename and chunk.filename != current[1])
+            starts_part = (
+                current is None or field != current[0] or (chunk.filename and chunk.filename != current[1])
+            )
             if starts_part:
                 if current is not None:
                     yield b"\r\n"
