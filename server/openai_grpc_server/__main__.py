@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -44,12 +47,51 @@ async def _run(settings: config.Settings) -> None:
             await fake.stop()
 
 
+def _supervise(settings: config.Settings, argv: Sequence[str] | None) -> int:
+    """`--workers N`: N single-worker processes bound to the same port (SO_REUSEPORT).
+
+    Each is a full gateway with its own event loop; the kernel spreads connections across them.
+    SIGTERM and SIGINT are passed on, and the exit code is the worst of the workers'.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = {**os.environ, "OPENAI_GRPC_WORKERS": "1"}
+    cmd = [sys.executable, "-m", "openai_grpc_server", *_without_workers(args)]
+    children = [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def _without_workers(args: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if not a.startswith("--workers="):
+            out.append(a)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load(argv)
     except config.ConfigError as exc:
         print(f"openai-grpc-server: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return _supervise(settings, argv)
     telemetry.setup_logging(settings.log_level)
     telemetry.setup_metrics(settings.metrics_port)
     try:

@@ -43,6 +43,7 @@ class Settings:
     max_concurrent_rpcs: int = 2000
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 20.0
+    workers: int = 1
     reflection: bool = True
     auth_mode: str = "none"
     tenants_file: str | None = None
@@ -86,6 +87,7 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("max_concurrent_rpcs", "OPENAI_GRPC_MAX_CONCURRENT_RPCS", int),
     ("max_message_bytes", "OPENAI_GRPC_MAX_MESSAGE_BYTES", int),
     ("grace_seconds", "OPENAI_GRPC_GRACE_SECONDS", float),
+    ("workers", "OPENAI_GRPC_WORKERS", int),
     ("reflection", "OPENAI_GRPC_REFLECTION", bool),
     ("auth_mode", "OPENAI_GRPC_AUTH_MODE", str),
     ("tenants_file", "OPENAI_GRPC_TENANTS_FILE", str),
@@ -144,6 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--api-key-file", help="read the OpenAI API key from this file")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--workers", type=int, help="gateway processes sharing the port (SO_REUSEPORT); default 1")
     return p.parse_args(argv)
 
 
@@ -169,7 +172,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             values[name] = _convert(name, kind, file_data[name])
         if env.get(var):
             values[name] = _convert(var, kind, env[var])
-    for flag in ("host", "port", "base_url", "metrics_port", "log_level"):
+    for flag in ("host", "port", "base_url", "metrics_port", "log_level", "workers"):
         v = getattr(args, flag)
         if v is not None:
             values[flag] = v
@@ -232,6 +235,10 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(f"cannot read {path}")
     if s.request_timeout <= 0 or s.connect_timeout <= 0:
         raise ConfigError("timeouts must be positive")
+    if not 1 <= s.workers <= 64:
+        raise ConfigError(f"workers must be between 1 and 64, not {s.workers}")
+    if s.workers > 1 and s.metrics_port:
+        raise ConfigError("with several workers, scrape each pod's metrics through OTLP, not one metrics_port")
     if s.grace_seconds < 0:
         raise ConfigError("grace_seconds must not be negative")
     return s

@@ -234,3 +234,37 @@ def test_readme_grpcurl_examples_work_verbatim() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+async def test_workers_share_the_port(fake: FakeUpstream) -> None:
+    fake.reset()
+    port = free_port()
+    env = clean_env(OPENAI_API_KEY="sk-workers-test", OPENAI_BASE_URL=fake.base_url)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "openai_grpc_server", "--workers", "2",
+                                                "--port", str(port), env=env, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    for _ in range(2):  # one "listening" line per worker
+        await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert len(_children(proc.pid)) == 2
+    from openai_grpc.v1 import models_pb2, models_pb2_grpc  # noqa: PLC0415
+
+    async def one() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await models_pb2_grpc.ModelsServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=10)
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    assert len(fake.requests) == 20
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0

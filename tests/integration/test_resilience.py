@@ -11,12 +11,12 @@ from typing import Any
 import grpc
 import pytest
 from grpc_status import rpc_status
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience import BreakerConfig, RateLimitConfig, RetryConfig
 from openai_grpc_server.telemetry import Telemetry
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
 from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
 from tests.integration.test_errors import call_failing, chat
 
