@@ -252,8 +252,17 @@ async def test_workers_share_the_port(fake: FakeUpstream) -> None:
     fake.reset()
     port = free_port()
     env = clean_env(OPENAI_API_KEY="sk-workers-test", OPENAI_BASE_URL=fake.base_url)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "openai_grpc_server", "--workers", "2",
-                                                "--port", str(port), env=env, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "openai_grpc_server",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     for _ in range(2):  # one "listening" line per worker
         await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -262,7 +271,9 @@ async def test_workers_share_the_port(fake: FakeUpstream) -> None:
 
     async def one() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await models_pb2_grpc.ModelsServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=10)
+            await models_pb2_grpc.ModelsServiceStub(channel).ListModels(
+                models_pb2.ListModelsRequest(), timeout=10
+            )
 
     await asyncio.gather(*(one() for _ in range(20)))
     assert len(fake.requests) == 20
