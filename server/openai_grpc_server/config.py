@@ -238,7 +238,9 @@ def validate(s: Settings) -> Settings:
     if not 1 <= s.workers <= 64:
         raise ConfigError(f"workers must be between 1 and 64, not {s.workers}")
     if s.workers > 1 and s.metrics_port:
-        raise ConfigError("with several workers, scrape each pod's metrics through OTLP, not one metrics_port")
+        raise ConfigError(
+            "with several workers, scrape each pod's metrics through OTLP, not one metrics_port"
+        )
     if s.grace_seconds < 0:
         raise ConfigError("grace_seconds must not be negative")
     return s

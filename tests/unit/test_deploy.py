@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from openai_grpc_server import config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
