@@ -57,18 +57,29 @@ def ensure(venv: Path, *, version: str, allow_install: bool, log: Path, timeout:
         try:
             if not (venv / "bin" / "python").exists():
                 subprocess.run(
-                    [sys.executable, "-m", "venv", str(venv)], stdout=out, stderr=subprocess.STDOUT,
-                    check=True, timeout=300,
+                    [sys.executable, "-m", "venv", str(venv)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=300,
                 )
             subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check",
-                 f"litellm[proxy]=={version}"],
-                stdout=out, stderr=subprocess.STDOUT, check=True, timeout=timeout,
+                [
+                    str(venv / "bin" / "pip"),
+                    "install",
+                    "--disable-pip-version-check",
+                    f"litellm[proxy]=={version}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=timeout,
             )
         except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             tail = log.read_text(errors="replace").splitlines()[-3:]
-            return LitellmEnv(venv, None, f"failed: pip install litellm[proxy]=={version}: {exc}; "
-                              + " | ".join(tail))
+            return LitellmEnv(
+                venv, None, f"failed: pip install litellm[proxy]=={version}: {exc}; " + " | ".join(tail)
+            )
     have = installed_version(venv)
     if have is None:
         return LitellmEnv(venv, None, "failed: litellm not importable after install")
@@ -94,10 +105,14 @@ def write_config(path: Path, upstream_base_url: str, chat_model: str, embed_mode
 def command(env: LitellmEnv, config: Path, port: int) -> list[str]:
     return [
         str(env.venv / "bin" / "litellm"),
-        "--config", str(config),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--num_workers", "1",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
     ]
 
 

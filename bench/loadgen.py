@@ -13,6 +13,7 @@ stream messages received inside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -61,6 +62,7 @@ class Spec:
     uploads: int = 1
     gap_threshold_ms: float = 40.0
     timeout: float = 120.0
+    settle: float = 1.0  # pauses around marks (hold, cancel, upload modes)
     seed: int = 1
 
     @classmethod
@@ -84,7 +86,7 @@ def summary_ms(values: array[float] | list[float]) -> dict[str, float | int | No
     s = sorted(values)
 
     def q(p: float) -> float:
-        return round(s[min(n - 1, max(0, int(round(p * n + 0.5)) - 1))] * 1000, 4)
+        return round(s[min(n - 1, max(0, round(p * n + 0.5) - 1))] * 1000, 4)
 
     return {
         "n": n,
@@ -422,7 +424,7 @@ class LoadGen:
                 await self.first_then_cancel()
             except Exception as exc:
                 self.rec.error(exc, inside=False)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(self.spec.settle)
         await self.mark("START")
         issued = 0
         first_ms: array[float] = array("d")
@@ -467,7 +469,7 @@ class LoadGen:
                 await self.first_then_cancel()
             except Exception as exc:
                 self.rec.error(exc, inside=False)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(self.spec.settle)
         await self.mark("BASE")
         opened = 0
         all_open = asyncio.Event()
@@ -489,18 +491,16 @@ class LoadGen:
         t0 = perf()
         tasks = [asyncio.create_task(one()) for _ in range(s.count)]
         try:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_open.wait(), s.timeout)
-            except asyncio.TimeoutError:
-                pass
             open_s = perf() - t0
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.spec.settle)
             await self.mark("HELD")
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(self.spec.settle)
         await self.mark("AFTER")
         return {
             "streams": s.count,
@@ -517,7 +517,7 @@ class LoadGen:
             await self.upload_one(warm)
         except Exception as exc:
             self.rec.error(exc, inside=False)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(self.spec.settle)
         await self.mark("START")
         seconds: list[float] = []
         returned: list[int] = []

@@ -112,8 +112,16 @@ def snapshot(pids: Sequence[int]) -> Snapshot:
 class Proc:
     """One long-lived process of the benchmark (fake upstream, gateway, litellm)."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 cpus: str | None = None, log_path: Path | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cpus: str | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
@@ -188,10 +196,8 @@ class Proc:
             pids = self.tree()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
             # Whatever is left of this tree (only pids we started) is killed by pid.
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -203,9 +209,9 @@ class Proc:
             self._log = None
 
 
-async def wait_port(port: int, proc: Proc, timeout: float) -> None:
+async def wait_port(port: int, proc: Proc, within: float) -> None:
     """Until 127.0.0.1:port accepts a connection; fails early if the process died."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
@@ -215,10 +221,10 @@ async def wait_port(port: int, proc: Proc, timeout: float) -> None:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             return
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"{proc.name} did not listen on {port} within {timeout:.0f}s:\n{proc.log_tail()}"
+                    f"{proc.name} did not listen on {port} within {within:.0f}s:\n{proc.log_tail()}"
                 ) from None
             await asyncio.sleep(0.1)
 

@@ -82,12 +82,13 @@ class Plan:
     cancel_gap_ms: float = 20.0
     litellm_warmup: float = 4.0
     profile_seconds: float = 8.0
+    settle: float = 1.0  # pauses around marks; the fake gets 2x this to see disconnects
 
 
 FULL = Plan()
 QUICK = Plan(
-    warmup=0.3,
-    duration=0.8,
+    warmup=0.2,
+    duration=0.6,
     c_high=8,
     embed_c=4,
     cadence_steps=(16, 32),
@@ -99,6 +100,7 @@ QUICK = Plan(
     cancel_c=8,
     litellm_warmup=1.0,
     profile_seconds=0.0,
+    settle=0.25,
 )
 
 
@@ -156,6 +158,7 @@ class Bench:
         self.gateway_flags: dict[str, Any] = {}
         self.results: dict[str, Any] = {}
         self.point_seq = 0
+        self.busy_points = 0
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -166,10 +169,25 @@ class Bench:
 
     async def start_fake(self) -> None:
         port = procs.free_port()
-        argv = [self.py, "-m", "openai_grpc_server.fake_upstream", "--host", "127.0.0.1", "--port", str(port),
-                "--chunks", str(self.plan.stream_events - 2)]
-        fake = Proc("upstream", argv, env=self.clean_env(), cpus=self.cpu_side,
-                    log_path=self.log_dir / "fake_upstream.log", cwd=REPO)
+        argv = [
+            self.py,
+            "-m",
+            "openai_grpc_server.fake_upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chunks",
+            str(self.plan.stream_events - 2),
+        ]
+        fake = Proc(
+            "upstream",
+            argv,
+            env=self.clean_env(),
+            cpus=self.cpu_side,
+            log_path=self.log_dir / "fake_upstream.log",
+            cwd=REPO,
+        )
         fake.start()
         self.procs["upstream"] = fake
         await procs.wait_port(port, fake, 30)
@@ -177,17 +195,28 @@ class Bench:
         self.fake_base = self.fake_root + "/v1"
         # The fake has no knob for the size of an embeddings answer: script one for every request.
         body = embedding_body(self.plan.embed_inputs, self.plan.embed_dims)
-        await self.fake_post("/_fake/script", {
-            "route": "POST /embeddings", "raw_body": body, "content_type": "application/json",
-            "for_seconds": 1e9,
-        })
+        await self.fake_post(
+            "/_fake/script",
+            {
+                "route": "POST /embeddings",
+                "raw_body": body,
+                "content_type": "application/json",
+                "for_seconds": 1e9,
+            },
+        )
         self.embed_body_bytes = len(body)
         self.paths["direct"] = PathInfo("direct", "http", self.fake_base, "sk-fake-direct", None)
 
     def gateway_supports(self) -> dict[str, Any]:
         try:
-            out = subprocess.run([self.py, "-m", "openai_grpc_server", "--help"], capture_output=True,
-                                 text=True, timeout=60, env=self.clean_env(), cwd=REPO).stdout
+            out = subprocess.run(
+                [self.py, "-m", "openai_grpc_server", "--help"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=self.clean_env(),
+                cwd=REPO,
+            ).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
         return {"workers": "--workers" in out}
@@ -209,8 +238,12 @@ class Bench:
         port = procs.free_port()
         argv[argv.index("--port") + 1] = str(port)
         env = self.clean_env()
-        env.update(OPENAI_API_KEY=GATEWAY_KEY, OPENAI_BASE_URL=self.fake_base, OPENAI_GRPC_HOST="127.0.0.1",
-                   OPENAI_GRPC_PORT=str(port))
+        env.update(
+            OPENAI_API_KEY=GATEWAY_KEY,
+            OPENAI_BASE_URL=self.fake_base,
+            OPENAI_GRPC_HOST="127.0.0.1",
+            OPENAI_GRPC_PORT=str(port),
+        )
         # More than one worker process cannot live on one pinned core.
         cpus = self.cpu_mid if workers == 1 else None
         gw = Proc("gateway", argv, env=env, cpus=cpus, log_path=self.log_dir / "gateway.log", cwd=REPO)
@@ -225,8 +258,11 @@ class Bench:
             return
         print(f"[bench] LiteLLM venv {self.args.litellm_venv} ...", flush=True)
         self.litellm = await asyncio.to_thread(
-            litellm_env.ensure, self.args.litellm_venv, version=self.args.litellm_version,
-            allow_install=not self.quick, log=self.log_dir / "litellm_install.log",
+            litellm_env.ensure,
+            self.args.litellm_venv,
+            version=self.args.litellm_version,
+            allow_install=not self.quick,
+            log=self.log_dir / "litellm_install.log",
         )
         print(f"[bench] LiteLLM: {self.litellm.status} {self.litellm.version or ''}", flush=True)
         if not self.litellm.ok:
@@ -235,8 +271,14 @@ class Bench:
         cfg = self.log_dir / "litellm_config.yaml"
         litellm_env.write_config(cfg, self.fake_base, CHAT_MODEL, EMBED_MODEL)
         env = litellm_env.environment(self.clean_env())
-        lt = Proc("litellm", litellm_env.command(self.litellm, cfg, port), env=env, cpus=self.cpu_mid,
-                  log_path=self.log_dir / "litellm.log", cwd=self.log_dir)
+        lt = Proc(
+            "litellm",
+            litellm_env.command(self.litellm, cfg, port),
+            env=env,
+            cpus=self.cpu_mid,
+            log_path=self.log_dir / "litellm.log",
+            cwd=self.log_dir,
+        )
         lt.start()
         self.procs["litellm"] = lt
         try:
@@ -247,11 +289,12 @@ class Bench:
             lt.stop()
             del self.procs["litellm"]
             return
-        self.paths["litellm"] = PathInfo("litellm", "http", f"http://127.0.0.1:{port}/v1",
-                                         litellm_env.MASTER_KEY, lt)
+        self.paths["litellm"] = PathInfo(
+            "litellm", "http", f"http://127.0.0.1:{port}/v1", litellm_env.MASTER_KEY, lt
+        )
 
-    async def wait_http(self, url: str, proc: Proc, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_http(self, url: str, proc: Proc, within: float) -> None:
+        deadline = time.monotonic() + within
         while True:
             try:
                 await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
@@ -267,8 +310,12 @@ class Bench:
 
     async def fake_post(self, path: str, payload: Any) -> Any:
         def call() -> Any:
-            req = urllib.request.Request(self.fake_root + path, data=json.dumps(payload).encode(),
-                                         headers={"content-type": "application/json"}, method="POST")
+            req = urllib.request.Request(
+                self.fake_root + path,
+                data=json.dumps(payload).encode(),
+                headers={"content-type": "application/json"},
+                method="POST",
+            )
             with urllib.request.urlopen(req, timeout=10) as r:
                 return json.loads(r.read())
 
@@ -295,6 +342,35 @@ class Bench:
             else:
                 p.pause()
 
+    def our_pids(self) -> list[int]:
+        pids = [os.getpid()]
+        for p in self.procs.values():
+            pids += p.tree()
+        return pids
+
+    async def wait_quiet(self) -> float | None:
+        """Wait (bounded) until processes outside the benchmark use < quiet_pct of one core.
+
+        Other work on this 2-core machine (a test suite, a build) skews every figure; each point
+        records what it saw, and this keeps the worst of it out of the measured windows.
+        """
+        limit = float(self.args.quiet_pct)
+        if self.quick or limit <= 0:
+            return None
+        deadline = time.monotonic() + float(self.args.quiet_wait)
+        seen = 0.0
+        while True:
+            pids = self.our_pids()
+            b0, c0, t0 = system_busy_s(), procs.cpu_seconds(pids), time.monotonic()
+            await asyncio.sleep(0.5)
+            b1, c1, t1 = system_busy_s(), procs.cpu_seconds(pids), time.monotonic()
+            seen = max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0) * 100
+            if seen < limit:
+                return round(seen, 1)
+            if time.monotonic() > deadline:
+                self.busy_points += 1
+                return round(seen, 1)
+
     # -- one measured point ------------------------------------------------------------------
 
     async def point(
@@ -309,18 +385,31 @@ class Bench:
     ) -> dict[str, Any]:
         info = self.paths[path]
         self.select(path)
-        full = {"transport": info.transport, "target": info.target, "mode": mode, "api_key": info.api_key,
-                "model": CHAT_MODEL, "embed_model": EMBED_MODEL, "embed_inputs": self.plan.embed_inputs,
-                "embed_dims": self.plan.embed_dims, "chunk_bytes": self.plan.chunk_bytes, **spec}
+        other_before = await self.wait_quiet()
+        full = {
+            "transport": info.transport,
+            "target": info.target,
+            "mode": mode,
+            "api_key": info.api_key,
+            "model": CHAT_MODEL,
+            "settle": self.plan.settle,
+            "embed_model": EMBED_MODEL,
+            "embed_inputs": self.plan.embed_inputs,
+            "embed_dims": self.plan.embed_dims,
+            "chunk_bytes": self.plan.chunk_bytes,
+            **spec,
+        }
         argv = [self.py, "-m", "bench.loadgen", json.dumps(full)]
         if self.cpu_side is not None:
             argv = ["taskset", "-c", self.cpu_side, *argv]
         self.point_seq += 1
         log_path = self.log_dir / f"loadgen-{self.point_seq:03d}-{label}-{path}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[bench] {label:<22} {path:<8} {mode:<6} "
-              + " ".join(f"{k}={v}" for k, v in spec.items() if k in ("concurrency", "count", "upload_bytes")),
-              flush=True)
+        print(
+            f"[bench] {label:<22} {path:<8} {mode:<6} "
+            + " ".join(f"{k}={v}" for k, v in spec.items() if k in ("concurrency", "count", "upload_bytes")),
+            flush=True,
+        )
         mid = info.proc
         mid_pids = mid.tree() if mid is not None else []
         up = self.procs["upstream"]
@@ -336,10 +425,14 @@ class Bench:
                 rss_peak["kb"] = max(rss_peak["kb"], procs.memory_kb(mid_pids)[0])
                 await asyncio.sleep(0.05)
 
-        with open(log_path, "wb") as errlog:
+        with open(log_path, "wb") as errlog:  # noqa: ASYNC230 - opened once per point, before the load
             lg = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=errlog,
-                cwd=REPO, env=self.clean_env(),
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errlog,
+                cwd=REPO,
+                env=self.clean_env(),
             )
             assert lg.stdout is not None and lg.stdin is not None
             timeout = spec.get("warmup", 0) + spec.get("duration", 0) + 300
@@ -383,6 +476,7 @@ class Bench:
             return {"failed": f"load generator gave no result (exit {lg.returncode}): {tail}"}
         out: dict[str, Any] = {"loadgen": result, "spec": {k: v for k, v in full.items() if k != "api_key"}}
         out["processes"] = self.window_cpu(marks, "START", "END", mid is not None)
+        out["processes"]["other_processes_pct_before"] = other_before
         out["marks"] = {k: {kk: vv for kk, vv in v.items() if kk != "t"} for k, v in marks.items()}
         if sample_rss and mid is not None and "START" in marks:
             out["rss_peak_kb"] = rss_peak["kb"]
@@ -444,14 +538,23 @@ class Bench:
 
     async def simple(self, key: str, mode: str, concurrency: int, **extra: Any) -> dict[str, Any]:
         p = self.plan
-        scen: dict[str, Any] = {"params": {"mode": mode, "concurrency": concurrency, "warmup_s": p.warmup,
-                                           "duration_s": p.duration, **extra}, "paths": {}}
+        scen: dict[str, Any] = {
+            "params": {
+                "mode": mode,
+                "concurrency": concurrency,
+                "warmup_s": p.warmup,
+                "duration_s": p.duration,
+                **extra,
+            },
+            "paths": {},
+        }
         for path in PATHS:
             if path not in self.paths:
                 scen["paths"][path] = self.skipped(path)
                 continue
-            scen["paths"][path] = await self.point(path, key, mode, concurrency=concurrency, warmup=p.warmup,
-                                                   duration=p.duration)
+            scen["paths"][path] = await self.point(
+                path, key, mode, concurrency=concurrency, warmup=p.warmup, duration=p.duration
+            )
         return scen
 
     async def cadence(self) -> dict[str, Any]:
@@ -459,11 +562,15 @@ class Bench:
         await self.fake_stream_config(p.cadence_events, p.cadence_gap_ms)
         per_stream_rate = 1000.0 / p.cadence_gap_ms
         scen: dict[str, Any] = {
-            "params": {"events_per_stream": p.cadence_events, "gap_ms": p.cadence_gap_ms,
-                       "steps": list(p.cadence_steps), "stagger_s": p.cadence_stagger,
-                       "duration_s": p.cadence_duration, "stall_threshold_ms": 40.0,
-                       "pass_rule": "no error, no inter-message gap > 40 ms, and >= 90% of the "
-                                    "expected event rate"},
+            "params": {
+                "events_per_stream": p.cadence_events,
+                "gap_ms": p.cadence_gap_ms,
+                "steps": list(p.cadence_steps),
+                "stagger_s": p.cadence_stagger,
+                "duration_s": p.cadence_duration,
+                "stall_threshold_ms": 40.0,
+                "pass_rule": "no error, no inter-message gap > 40 ms, and >= 90% of the expected event rate",
+            },
             "paths": {},
         }
         for path in PATHS:
@@ -473,9 +580,16 @@ class Bench:
             steps: list[dict[str, Any]] = []
             best = 0
             for n in p.cadence_steps:
-                r = await self.point(path, "cadence", "stream", concurrency=n, stagger=p.cadence_stagger,
-                                     warmup=p.cadence_stagger + 1.0, duration=p.cadence_duration,
-                                     gap_threshold_ms=40.0)
+                r = await self.point(
+                    path,
+                    "cadence",
+                    "stream",
+                    concurrency=n,
+                    stagger=p.cadence_stagger,
+                    warmup=p.cadence_stagger + 4 * p.settle,
+                    duration=p.cadence_duration,
+                    gap_threshold_ms=40.0,
+                )
                 if "failed" in r:
                     steps.append({"streams": n, "pass": False, "failed": r["failed"]})
                     break
@@ -486,14 +600,22 @@ class Bench:
                 pr = r["processes"]
                 cpu = {k: pr.get(k, {}).get("cpu_pct") for k in ("middle", "upstream", "loadgen")}
                 limited = [k for k, v in cpu.items() if v is not None and v >= 90]
-                steps.append({
-                    "streams": n, "pass": ok, "events_per_s": lg.get("events_per_s"),
-                    "expected_events_per_s": expected, "gaps_over_40ms": lg["gaps_over_threshold"],
-                    "gap_ms": lg["gap_ms"], "ttfc_ms": lg["ttfc_ms"], "errors": lg["errors"],
-                    "cpu_pct": cpu, "saturated": limited,
-                    "middle_rss_kb": pr.get("middle", {}).get("rss_kb"),
-                    "middle_cpu_us_per_event": r["derived"].get("middle_cpu_us_per_event"),
-                })
+                steps.append(
+                    {
+                        "streams": n,
+                        "pass": ok,
+                        "events_per_s": lg.get("events_per_s"),
+                        "expected_events_per_s": expected,
+                        "gaps_over_40ms": lg["gaps_over_threshold"],
+                        "gap_ms": lg["gap_ms"],
+                        "ttfc_ms": lg["ttfc_ms"],
+                        "errors": lg["errors"],
+                        "cpu_pct": cpu,
+                        "saturated": limited,
+                        "middle_rss_kb": pr.get("middle", {}).get("rss_kb"),
+                        "middle_cpu_us_per_event": r["derived"].get("middle_cpu_us_per_event"),
+                    }
+                )
                 if not ok:
                     break
                 best = n
@@ -503,10 +625,15 @@ class Bench:
     async def rss_per_stream(self) -> dict[str, Any]:
         p = self.plan
         await self.fake_stream_config(p.stream_events, p.hold_gap_ms)
-        scen: dict[str, Any] = {"params": {"streams": p.hold_streams, "event_gap_ms": p.hold_gap_ms,
-                                           "method": "VmRSS of the middle process with N streams open "
-                                                     "minus before opening them, divided by N"},
-                                "paths": {"direct": {"skipped": "no process between client and upstream"}}}
+        scen: dict[str, Any] = {
+            "params": {
+                "streams": p.hold_streams,
+                "event_gap_ms": p.hold_gap_ms,
+                "method": "VmRSS of the middle process with N streams open "
+                "minus before opening them, divided by N",
+            },
+            "paths": {"direct": {"skipped": "no process between client and upstream"}},
+        }
         for path in ("gateway", "litellm"):
             if path not in self.paths:
                 scen["paths"][path] = self.skipped(path)
@@ -519,7 +646,9 @@ class Bench:
                 after = m["AFTER"]["middle"]["rss_kb"]
                 opened = r["loadgen"]["opened"] or 1
                 r["derived"] = {
-                    "rss_base_kb": base, "rss_held_kb": held, "rss_after_close_kb": after,
+                    "rss_base_kb": base,
+                    "rss_held_kb": held,
+                    "rss_after_close_kb": after,
                     "rss_per_stream_kib": round((held - base) / opened, 2),
                     "threads": procs.thread_count(self.paths[path].proc.pid),  # type: ignore[union-attr]
                 }
@@ -528,12 +657,24 @@ class Bench:
 
     async def upload(self) -> dict[str, Any]:
         p = self.plan
-        scen: dict[str, Any] = {"params": {"bytes": p.upload_bytes, "chunk_bytes": p.chunk_bytes},
-                                "paths": {"litellm": {"skipped": "LiteLLM's proxy needs per-provider files "
-                                                                 "settings for /v1/files; not measured"}}}
+        scen: dict[str, Any] = {
+            "params": {"bytes": p.upload_bytes, "chunk_bytes": p.chunk_bytes},
+            "paths": {
+                "litellm": {
+                    "skipped": "LiteLLM's proxy needs per-provider files settings for /v1/files; not measured"
+                }
+            },
+        }
         for path in ("gateway", "direct"):
-            r = await self.point(path, "upload_256mib", "upload", upload_bytes=p.upload_bytes, uploads=1,
-                                 timeout=600.0, sample_rss=True)
+            r = await self.point(
+                path,
+                "upload_256mib",
+                "upload",
+                upload_bytes=p.upload_bytes,
+                uploads=1,
+                timeout=600.0,
+                sample_rss=True,
+            )
             if "failed" not in r:
                 lg, pr = r["loadgen"], r["processes"]
                 mib = p.upload_bytes / (1 << 20) * max(1, lg["uploads"])
@@ -549,10 +690,16 @@ class Bench:
     async def cancellations(self) -> dict[str, Any]:
         p = self.plan
         await self.fake_stream_config(p.stream_events, p.cancel_gap_ms)
-        scen: dict[str, Any] = {"params": {"count": p.cancels, "concurrency": p.cancel_c,
-                                           "events_per_stream": p.stream_events, "gap_ms": p.cancel_gap_ms,
-                                           "what": "open a stream, read the first message, cancel"},
-                                "paths": {}}
+        scen: dict[str, Any] = {
+            "params": {
+                "count": p.cancels,
+                "concurrency": p.cancel_c,
+                "events_per_stream": p.stream_events,
+                "gap_ms": p.cancel_gap_ms,
+                "what": "open a stream, read the first message, cancel",
+            },
+            "paths": {},
+        }
         for path in PATHS:
             if path not in self.paths:
                 scen["paths"][path] = self.skipped(path)
@@ -561,10 +708,17 @@ class Bench:
             async def stats() -> Any:
                 return await self.fake_get("/_fake/stats")
 
-            r = await self.point(path, "cancellations_1000", "cancel", count=p.cancels, concurrency=p.cancel_c,
-                                 hooks={"START": stats}, timeout=60.0)
+            r = await self.point(
+                path,
+                "cancellations_1000",
+                "cancel",
+                count=p.cancels,
+                concurrency=p.cancel_c,
+                hooks={"START": stats},
+                timeout=60.0,
+            )
             if "failed" not in r:
-                await asyncio.sleep(2.0)  # let disconnects reach the fake
+                await asyncio.sleep(2 * p.settle)  # let disconnects reach the fake
                 after = await self.fake_get("/_fake/stats")
                 before = r["marks"]["START"]["hook"]
                 lg, pr = r["loadgen"], r["processes"]
@@ -588,7 +742,7 @@ class Bench:
         """py-spy on the gateway under the unary c=64 load (collapsed stacks, top costs)."""
         p = self.plan
         spy = shutil.which("py-spy") or str(Path(self.py).parent / "py-spy")
-        if not Path(spy).exists():
+        if not os.path.exists(spy):  # noqa: ASYNC240 - one stat before the point
             return {"skipped": "py-spy is not installed (pip install py-spy)"}
         gw = self.paths["gateway"].proc
         assert gw is not None
@@ -596,16 +750,38 @@ class Bench:
         holder: dict[str, asyncio.subprocess.Process] = {}
 
         async def begin() -> Any:
-            argv = [spy, "record", "--pid", str(gw.pid), "--duration", str(int(p.profile_seconds)),
-                    "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out_file)]
+            argv = [
+                spy,
+                "record",
+                "--pid",
+                str(gw.pid),
+                "--duration",
+                str(int(p.profile_seconds)),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--full-filenames",
+                "--format",
+                "raw",
+                "--output",
+                str(out_file),
+            ]
             if self.cpu_side is not None:
                 argv = ["taskset", "-c", self.cpu_side, *argv]
             holder["spy"] = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
             return None
 
-        r = await self.point("gateway", "profile", "unary", concurrency=p.c_high, warmup=p.warmup,
-                             duration=p.profile_seconds + 1.5, hooks={"START": begin})
+        r = await self.point(
+            "gateway",
+            "profile",
+            "unary",
+            concurrency=p.c_high,
+            warmup=p.warmup,
+            duration=p.profile_seconds + 1.5,
+            hooks={"START": begin},
+        )
         spy_proc = holder.get("spy")
         if spy_proc is None:
             return {"skipped": "py-spy did not start"}
@@ -633,7 +809,8 @@ class Bench:
         if self.cpu_side is not None:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, {int(self.cpu_side)})
-        loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
+        with open("/proc/loadavg") as f:  # noqa: ASYNC230 - /proc, instant
+            loadavg_before = f.read().split()[:3]
         try:
             await self.start_fake()
             await self.start_gateway()
@@ -643,11 +820,21 @@ class Bench:
             s["unary_c1"] = await self.simple("unary_c1", "unary", p.c_low)
             s["unary_c64"] = await self.simple("unary_c64", "unary", p.c_high)
             s["embeddings_c1"] = await self.simple(
-                "embeddings_c1", "embed", p.c_low, inputs=p.embed_inputs, dims=p.embed_dims,
-                response_bytes=self.embed_body_bytes)
+                "embeddings_c1",
+                "embed",
+                p.c_low,
+                inputs=p.embed_inputs,
+                dims=p.embed_dims,
+                response_bytes=self.embed_body_bytes,
+            )
             s["embeddings_c16"] = await self.simple(
-                "embeddings_c16", "embed", p.embed_c, inputs=p.embed_inputs, dims=p.embed_dims,
-                response_bytes=self.embed_body_bytes)
+                "embeddings_c16",
+                "embed",
+                p.embed_c,
+                inputs=p.embed_inputs,
+                dims=p.embed_dims,
+                response_bytes=self.embed_body_bytes,
+            )
             await self.fake_stream_config(p.stream_events, 0.0)
             s["stream64_c1"] = await self.simple("stream64_c1", "stream", p.c_low, events=p.stream_events)
             s["stream64_c64"] = await self.simple("stream64_c64", "stream", p.c_high, events=p.stream_events)
@@ -667,7 +854,8 @@ class Bench:
         if self.litellm is not None and self.litellm.ok:
             litellm_versions = procs.package_versions(
                 ("litellm", "uvicorn", "fastapi", "httpx", "aiohttp", "openai", "pydantic"),
-                str(self.litellm.python))
+                str(self.litellm.python),
+            )
         if any(not v for v in (versions.get("matplotlib"),)):
             self.notes.append("matplotlib is not installed: no plots (pip install matplotlib).")
         self.notes.append(
@@ -682,8 +870,11 @@ class Bench:
             "command": " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]]),
             "elapsed_s": round(time.monotonic() - t0, 1),
             "machine": {**procs.machine_info(), "loadavg_before": loadavg_before},
-            "versions": {"gateway_venv": versions, "litellm_venv": litellm_versions,
-                         "gateway_git": procs.git_revision(REPO)},
+            "versions": {
+                "gateway_venv": versions,
+                "litellm_venv": litellm_versions,
+                "gateway_git": procs.git_revision(REPO),
+            },
             "pinning": {
                 "enabled": self.pin,
                 "tool": "taskset -c" if self.pin else None,
@@ -692,10 +883,15 @@ class Bench:
                 "loadgen_cpus": self.cpu_side,
                 "orchestrator_cpus": self.cpu_side,
                 "note": "the process under test (gateway or LiteLLM) alone on CPU 1; fake upstream, load "
-                        "generator and orchestrator share CPU 0" if self.pin else "no pinning",
+                "generator and orchestrator share CPU 0"
+                if self.pin
+                else "no pinning",
             },
-            "gateway": {"workers": self.gateway_workers, "supports_workers_flag": self.gateway_flags["workers"],
-                        "log_tail": gw_log_tail},
+            "gateway": {
+                "workers": self.gateway_workers,
+                "supports_workers_flag": self.gateway_flags["workers"],
+                "log_tail": gw_log_tail,
+            },
             "litellm": dataclasses.asdict(self.litellm) if self.litellm else None,
             "plan": dataclasses.asdict(p),
             "scenarios": s,
@@ -705,6 +901,12 @@ class Bench:
         for path in ("venv",):
             if result["litellm"] and path in result["litellm"]:
                 result["litellm"][path] = str(result["litellm"][path])
+        if self.busy_points:
+            self.notes.append(
+                f"{self.busy_points} point(s) started while processes outside the benchmark still used more "
+                f"than {self.args.quiet_pct:.0f}% of a core after waiting {self.args.quiet_wait:.0f} s; see "
+                "`other_processes_pct` per point in the JSON."
+            )
         result["targets"] = report.evaluate_targets(result)
         return result
 
@@ -713,16 +915,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per path, tiny loads (smoke test)")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results", help="where <date>.json goes")
-    ap.add_argument("--docs-out", type=Path, default=None,
-                    help="markdown report (default docs/benchmarks.md; quick: results dir)")
+    ap.add_argument(
+        "--docs-out",
+        type=Path,
+        default=None,
+        help="markdown report (default docs/benchmarks.md; quick: results dir)",
+    )
     ap.add_argument("--log-dir", type=Path, default=None, help="process logs (default bench/.logs/<date>)")
-    ap.add_argument("--gateway-workers", type=int, default=1,
-                    help="gateway worker processes; passed as --workers when the gateway supports it")
+    ap.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="gateway worker processes; passed as --workers when the gateway supports it",
+    )
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
     ap.add_argument("--litellm-venv", type=Path, default=BENCH / ".venv-litellm")
     ap.add_argument("--litellm-version", default=litellm_env.DEFAULT_VERSION)
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
+    ap.add_argument(
+        "--quiet-pct",
+        type=float,
+        default=25.0,
+        help="before each point wait until other processes use less than this %% of a core "
+        "(0: never wait; quick mode never waits)",
+    )
+    ap.add_argument("--quiet-wait", type=float, default=20.0, help="longest wait for quiet, per point (s)")
     return ap.parse_args(argv)
 
 

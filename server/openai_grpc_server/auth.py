@@ -112,7 +112,7 @@ def tenants_from_mapping(data: Any, source: Path) -> list[Tenant]:
             raise ValueError(f"{source}: tenant #{i + 1} needs `name`, `token` and `api_key`")
         cred = Credential(
             name=str(item["name"]),
-            api_key=Secret(str(item["api_key"])),
+            api_key=Secret(str(item["api_key"]).strip()),
             organization=item.get("organization"),
             project=item.get("project"),
         )

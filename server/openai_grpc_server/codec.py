@@ -41,6 +41,12 @@ _INT_TYPES = {
 }
 _FLOAT_TYPES = {FD.TYPE_DOUBLE, FD.TYPE_FLOAT}
 _TEXT = {FD.TYPE_STRING, FD.TYPE_BYTES}
+_INT_RANGE = {
+    **dict.fromkeys((FD.TYPE_INT64, FD.TYPE_SINT64, FD.TYPE_SFIXED64), (-(2**63), 2**63 - 1)),
+    **dict.fromkeys((FD.TYPE_INT32, FD.TYPE_SINT32, FD.TYPE_SFIXED32), (-(2**31), 2**31 - 1)),
+    **dict.fromkeys((FD.TYPE_UINT64, FD.TYPE_FIXED64), (0, 2**64 - 1)),
+    **dict.fromkeys((FD.TYPE_UINT32, FD.TYPE_FIXED32), (0, 2**32 - 1)),
+}
 
 
 def message_type(f: FD) -> descriptor.Descriptor:
@@ -218,11 +224,12 @@ def _scalar(f: FD, value: JSON) -> Any:
     if t in _INT_TYPES:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CodecError(f"{f.name}: expected an integer")
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise CodecError(f"{f.name}: expected an integer")
-            return int(value)
-        return value
+        if isinstance(value, float) and not value.is_integer():
+            raise CodecError(f"{f.name}: expected an integer")
+        lo, hi = _INT_RANGE[t]
+        if not lo <= value <= hi:
+            raise CodecError(f"{f.name}: {value} is out of range")
+        return int(value)
     if t in _FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CodecError(f"{f.name}: expected a number")
@@ -239,7 +246,10 @@ def _scalar(f: FD, value: JSON) -> Any:
 
 
 def _decode_wkt(value: JSON, target: Message) -> None:
-    json_format.ParseDict(value, target)
+    try:
+        json_format.ParseDict(value, target)
+    except json_format.ParseError as exc:
+        raise CodecError(str(exc)) from exc
 
 
 def decode_into(value: JSON, msg: Message) -> None:
@@ -259,21 +269,18 @@ def decode_into(value: JSON, msg: Message) -> None:
     for key, item in value.items():
         if item is None:
             continue
-        f = plan.fields.get(key)
-        try:
-            if f is not None:
-                set_field(msg, f, item)
+        target = plan.fields.get(key)
+        if target is None and key in plan.unions:
+            target = plan.unions[key].pick(item)
+        if target is not None:
+            try:
+                set_field(msg, target, item)
                 continue
-            union = plan.unions.get(key)
-            if union is not None:
-                member = union.pick(item)
-                if member is not None:
-                    set_field(msg, member, item)
-                    continue
-        except CodecError:
-            if not plan.has_extra:
-                raise
-            # A value of an unexpected type is kept, not dropped: it lands in `extra`.
+            except CodecError:
+                if not plan.has_extra:
+                    raise
+                # A value of an unexpected type is kept whole in `extra`, not half in the field.
+                msg.ClearField(target.name)
         if plan.has_extra:
             if extra is None:
                 extra = {}

@@ -44,6 +44,7 @@ class Settings:
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 20.0
     workers: int = 1
+    upstream_transport: str = "httpx"
     reflection: bool = True
     auth_mode: str = "none"
     tenants_file: str | None = None
@@ -63,6 +64,7 @@ class Settings:
             request_timeout=self.request_timeout,
             max_connections=self.max_connections,
             max_keepalive=self.max_connections,
+            transport=self.upstream_transport,
         )
 
     def authenticator(self) -> Authenticator:
@@ -88,6 +90,7 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("max_message_bytes", "OPENAI_GRPC_MAX_MESSAGE_BYTES", int),
     ("grace_seconds", "OPENAI_GRPC_GRACE_SECONDS", float),
     ("workers", "OPENAI_GRPC_WORKERS", int),
+    ("upstream_transport", "OPENAI_GRPC_UPSTREAM_TRANSPORT", str),
     ("reflection", "OPENAI_GRPC_REFLECTION", bool),
     ("auth_mode", "OPENAI_GRPC_AUTH_MODE", str),
     ("tenants_file", "OPENAI_GRPC_TENANTS_FILE", str),
@@ -235,6 +238,8 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(f"cannot read {path}")
     if s.request_timeout <= 0 or s.connect_timeout <= 0:
         raise ConfigError("timeouts must be positive")
+    if s.upstream_transport not in ("httpx", "aiohttp"):
+        raise ConfigError(f"upstream_transport must be 'httpx' or 'aiohttp', not {s.upstream_transport!r}")
     if not 1 <= s.workers <= 64:
         raise ConfigError(f"workers must be between 1 and 64, not {s.workers}")
     if s.workers > 1 and s.metrics_port:

@@ -464,7 +464,7 @@ def classify_response(
     if issubclass(cls, RequestError | ContentPolicyError):
         violations = (FieldViolation(param or "", redact(message)),)
     resource = None
-    if cls is NotFound and path:
+    if cls in (NotFound, InvalidState) and path:
         resource = (path.strip("/").split("/")[0], path)
     return cls(
         message,
@@ -484,7 +484,21 @@ def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError
     """Turn a transport exception (httpx, ssl, OS) into the taxonomy."""
     if isinstance(exc, OpenAIError):
         return exc
+    inner: BaseException | None = exc.__cause__ or exc.__context__
+    while inner is not None:
+        if isinstance(inner, OpenAIError):
+            return inner  # raised by our own request body (an upload) while it was being sent
+        inner = inner.__cause__ or inner.__context__
     where = f" to {base_url}" if base_url else ""
+    if isinstance(exc, httpx.LocalProtocolError):
+        # Nothing reached the network: the request itself is malformed (a key with a newline).
+        return InvalidConfiguration(f"the gateway could not build the upstream request: {redact(str(exc))}")
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look underneath.
+        name = type(cause).__name__
+        if "Timeout" not in name:
+            return ConnectionFailed(f"the upstream connection failed{where}: {redact(str(cause)) or name}")
     if isinstance(exc, httpx.TimeoutException):
         return Timeout(f"OpenAI did not answer in time{where} ({type(exc).__name__})")
     if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):
@@ -525,7 +539,9 @@ def classify_stream_error(payload: Any) -> OpenAIError:
         err = {"message": str(err)}
     kind = str(err.get("type") or err.get("code") or "server_error")
     status = _STREAM_ERROR_STATUS.get(kind, _STREAM_ERROR_STATUS.get(str(err.get("code")), 500))
-    body = orjson.dumps({"error": {k: err.get(k) for k in ("message", "type", "code", "param")}})
+    fields = {k: err.get(k) for k in ("message", "type", "code", "param")}
+    fields["message"] = fields["message"] or f"OpenAI reported a {kind} error inside the stream"
+    body = orjson.dumps({"error": fields})
     found = classify_response(status, {}, body)
     found.upstream_status = None  # the HTTP exchange itself succeeded
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ def settings_for(base_url: str, **overrides: Any) -> Settings:
         retry=RetryConfig(max_retries=0),
         # The error-table tests send many 5xx in a row: keep the breaker out of their way.
         breaker=BreakerConfig(failure_threshold=10_000),
+        # The suite runs against either upstream transport (scripts/test.sh runs both).
+        upstream_transport=os.environ.get("OPENAI_GRPC_TEST_TRANSPORT", "httpx"),
     )
     return dataclasses.replace(base, **overrides)
 

@@ -1,0 +1,70 @@
+"""Smoke test of the benchmark harness (bench/): a quick run into a temp dir.
+
+No timing is asserted (benchmarks never gate CI on absolute numbers): only that one command
+starts the processes, runs every scenario on every path it has, and writes the JSON, the
+markdown report and the plots. LiteLLM is left out to stay well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = (
+    "unary_c1",
+    "unary_c64",
+    "embeddings_c1",
+    "embeddings_c16",
+    "stream64_c1",
+    "stream64_c64",
+    "cadence_max_streams",
+    "rss_per_stream",
+    "upload_256mib",
+    "cancellations_1000",
+)
+PATHS = ("gateway", "direct", "litellm")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
+    results, md = tmp_path / "results", tmp_path / "benchmarks.md"
+    cmd = [
+        sys.executable, "-m", "bench.run", "--quick", "--no-litellm",
+        "--results-dir", str(results), "--docs-out", str(md), "--log-dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    files = list(results.glob("*-quick.json"))
+    assert len(files) == 1, files
+    data = json.loads(files[0].read_text())
+    assert data["quick"] is True
+    for key in ("machine", "versions", "pinning", "plan", "targets", "notes"):
+        assert key in data
+    assert data["machine"]["nproc"] >= 1 and "cpu_model" in data["machine"]
+    assert set(SCENARIOS) <= set(data["scenarios"])
+    for key in SCENARIOS:
+        paths = data["scenarios"][key]["paths"]
+        assert set(PATHS) <= set(paths), (key, sorted(paths))
+        # The gateway is measured in every scenario, and so is the direct path where it applies.
+        assert "skipped" not in paths["gateway"] and "failed" not in paths["gateway"], (key, paths["gateway"])
+        assert "skipped" in paths["litellm"], key
+    for key in ("unary_c1", "unary_c64", "stream64_c64"):
+        gw = data["scenarios"][key]["paths"]["gateway"]
+        assert gw["loadgen"]["ok"] > 0, (key, gw["loadgen"])
+        assert gw["processes"]["middle"]["cpu_s"] >= 0
+    names = [t["name"] for t in data["targets"]]
+    assert len(names) == 7
+    assert all(t["verdict"] in ("met", "missed", "n/a") for t in data["targets"])
+
+    text = md.read_text()
+    assert "## Targets" in text and "## Primary figures" in text
+    for key in SCENARIOS:
+        assert key in text, key
+    for plot in data["plots"].values():
+        assert Path(plot).is_file(), plot
