@@ -118,6 +118,16 @@ class Telemetry:
 
     def request_span(self, call: Any, *, streaming: bool) -> Any:
         """The `openai.request` span (seed 11.2) around one RPC's upstream work."""
+        return self.tracer.start_as_current_span(
+            "openai.request", attributes=self._attributes(call, streaming)
+        )
+
+    def stream_span(self, call: Any) -> trace.Span:
+        """The same span for a server stream; not made current, as it lives across yields."""
+        return self.tracer.start_span("openai.request", attributes=self._attributes(call, True))
+
+    @staticmethod
+    def _attributes(call: Any, streaming: bool) -> dict[str, Any]:
         method, _, path = call.route.endpoint.partition(" ")
         attributes: dict[str, Any] = {
             "openai.endpoint": path,
@@ -128,7 +138,7 @@ class Telemetry:
             attributes["openai.model"] = call.model
         if call.credential.organization:
             attributes["openai.organization_id"] = call.credential.organization
-        return self.tracer.start_as_current_span("openai.request", attributes=attributes)
+        return attributes
 
     def http_response(self, status: int, url: str, request_id: str | None) -> None:
         span = trace.get_current_span()

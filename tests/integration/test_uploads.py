@@ -405,3 +405,27 @@ async def test_256_mib_download_streams_back_intact(
     if peak_reset:
         growth_mib = (after["VmHWM"] - before["VmRSS"]) / 1024
         assert growth_mib < 64, f"gateway RSS grew by {growth_mib:.1f} MiB for a 256 MiB download"
+
+
+async def test_upstream_failure_after_the_body_was_sent_is_not_retried(fake: FakeUpstream) -> None:
+    """The chunks were consumed as they went upstream: report the failure, never resend half a file."""
+    from openai_grpc_server.fake_upstream import Step  # noqa: PLC0415
+    from openai_grpc_server.resilience import RetryConfig  # noqa: PLC0415
+
+    from tests.integration.conftest import settings_for, start_gateway, stop_gateway  # noqa: PLC0415
+
+    fake.reset()
+    gw = await start_gateway(
+        settings_for(fake.base_url, retry=RetryConfig(max_retries=3, initial_backoff=0.01))
+    )
+    try:
+        fake.script("POST /files", Step(status=503, message="busy", repeat=5))
+        frames = [
+            files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(purpose="batch")),
+            files_pb2.UploadFileRequest(chunk=common_pb2.FileChunk(filename="a.jsonl", data=b"x" * 1000)),
+        ]
+        err = await expect_error(gw, "UploadFile", frames)
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(fake.requests) == 1
+    finally:
+        await stop_gateway(gw)

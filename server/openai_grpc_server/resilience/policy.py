@@ -42,6 +42,8 @@ class Operation:
     credential: str  # rate-limit bucket key: a tenant/credential id (never the API key itself)
     token_estimate: int = 0  # tokens to reserve before sending (prompt estimate + max output)
     deadline: float | None = None  # absolute time on the policy's clock; None = no deadline
+    # False when an attempt cannot be repeated (an upload whose body was consumed as it was sent).
+    replayable: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +164,7 @@ class ResiliencePolicy:
     async def _next_delay(self, op: Operation, error: errors.OpenAIError, number: int) -> float:
         """The wait before attempt `number + 1`, or raise `error` when there is none."""
         plan = self.retry.plan(error, retries_done=number - 1)
-        if plan.verdict in (Verdict.NOT_RETRYABLE, Verdict.TOO_LONG):
+        if plan.verdict in (Verdict.NOT_RETRYABLE, Verdict.TOO_LONG) or not op.replayable:
             raise error
         if plan.verdict is Verdict.EXHAUSTED:
             await self._exhausted(op, error, number)

@@ -30,6 +30,7 @@ from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
+from opentelemetry.trace import Span
 
 DONE = "[DONE]"
 # Responses and image streams end with one of these events instead of [DONE].
@@ -104,11 +105,13 @@ async def relay_events(
     call: Call | None = None
     sent = 0
     opened: _Open | None = None
+    span: Span | None = None
     converter = EventConverter(route)
     try:
         validation.check(route, request, streaming=True)
         req = routes.build_request(route, request, stream=True)
         call = gw.begin(route, request, context, req.body, len(orjson.dumps(req.body)) if req.body else 0)
+        span = gw.telemetry.stream_span(call)
         decoder = SSEDecoder()
         active = call
 
@@ -210,6 +213,8 @@ async def relay_events(
     finally:
         if opened is not None:
             await asyncio.shield(opened.response.aclose())
+        if span is not None:
+            span.end()
 
 
 async def relay_binary(
@@ -219,10 +224,12 @@ async def relay_binary(
     call: Call | None = None
     opened: _Open | None = None
     sent = 0
+    span: Span | None = None
     try:
         validation.check(route, request)
         req = routes.build_request(route, request)
         call = gw.begin(route, request, context, req.body, 0)
+        span = gw.telemetry.stream_span(call)
         active = call
 
         async def attempt(a: Attempt) -> _Open:
@@ -287,3 +294,5 @@ async def relay_binary(
     finally:
         if opened is not None:
             await asyncio.shield(opened.response.aclose())
+        if span is not None:
+            span.end()

@@ -9,13 +9,14 @@ before that (breaker open, limiter full) is reported like any other call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
-from openai_grpc_server import codec, routes, validation
-from openai_grpc_server.errors import MalformedRequest, OpenAIError
+from openai_grpc_server import codec
+from openai_grpc_server.errors import MalformedRequest
 from openai_grpc_server.gateway import Call, Context, Gateway, _is_abort, total_tokens, usage_of
 from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import Route
@@ -142,7 +143,6 @@ async def relay_upload(
         missing = [p for p, v in params.items() if not v]
         if missing:
             raise MalformedRequest(f"metadata.{missing[0]} is required: it is part of the URL")
-        validation.check(route, route.input_cls()) if False else None  # path checked above
         path = route.build_path(params)
         call = gw.begin(route, meta, context, data, 0)
         body = MultipartStream(
@@ -151,8 +151,6 @@ async def relay_upload(
         active = call
 
         async def attempt(a: Attempt) -> Any:
-            if body.started:
-                raise last_error  # the body is gone: report the first failure, do not resend
             return await gw.upstream.send_json(
                 route.http_method,
                 path,
@@ -163,11 +161,11 @@ async def relay_upload(
                 beta=route.beta_header,
             )
 
-        last_error: OpenAIError = MalformedRequest("upload could not be sent")
-        try:
-            value, reservation = await gw.policy.execute(call.op, attempt)
-        except OpenAIError as exc:
-            raise exc
+        # The caller's chunks are streamed as they arrive and cannot be sent twice: no retries.
+        op = dataclasses.replace(call.op, replayable=False)
+        with gw.telemetry.request_span(call, streaming=False):
+            value, reservation = await gw.policy.execute(op, attempt)
+        gw.policy.observe_headers(op, value.headers)
         usage = usage_of(value.body)
         reservation.settle(total_tokens(usage) if usage else 0)
         response = route.output_cls()
@@ -184,4 +182,4 @@ async def relay_upload(
         raise AssertionError("unreachable") from exc
 
 
-__all__ = ["MultipartStream", "form_fields", "relay_upload", "routes"]
+__all__ = ["MultipartStream", "form_fields", "relay_upload"]
