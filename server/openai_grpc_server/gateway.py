@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import orjson
@@ -112,7 +112,10 @@ class Gateway:
         model = str(body.get("model", "")) if body else str(getattr(request, "model", "") or "")
         return Call(route, credential, op, model, time.perf_counter())
 
-    async def fail(self, context: Context, call: Call | None, route: Route, exc: BaseException) -> None:
+    async def fail(self, context: Context, call: Call | None, route: Route, exc: BaseException) -> NoReturn:
+        """End the RPC with the status for `exc` (an abort already under way passes through)."""
+        if _is_abort(exc):
+            raise exc
         err = as_gateway_error(exc, route)
         if call is not None:
             self.telemetry.request_done(route.endpoint, call.model, call.started, err)
@@ -130,13 +133,8 @@ class Gateway:
                     call = self.begin(route, request, context, req.body, len(payload or b""))
                     with self.telemetry.request_span(call, streaming=False):
                         return await self._unary(route, call, req, payload, context)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
+                except Exception as exc:  # CancelledError is not an Exception: it propagates
                     await self.fail(context, call, route, exc)
-                    raise AssertionError("unreachable") from exc
 
         return handler
 

@@ -149,27 +149,22 @@ class Checker:
             )
 
     def _recurse(self, f: FDP, schema: Schema, where: str) -> None:
+        """Check a field's message type against the property's schema (arrays by their items)."""
         if f.type != FDP.TYPE_MESSAGE or is_json_value(f.type_name) or _is_map(self.model, f):
             return
-        if is_list_wrapper(self.model, f.type_name):
-            inner = self.model.messages[f.type_name].field[0]
-            items = specmodel.item_schemas(schema)
-            self._recurse_into(inner, {"anyOf": items} if items else schema, where + "[]")
-            return
-        if f.label == FDP.LABEL_REPEATED:
+        if f.label == FDP.LABEL_REPEATED and not is_list_wrapper(self.model, f.type_name):
             items = specmodel.item_schemas(schema)
             if not items:
                 self.report.findings.append(f"{where}: repeated in the proto, not an array in the spec")
                 return
-            # An array of arrays is modelled as `repeated XList`.
-            self._recurse_into(f, {"anyOf": items}, where + "[]", repeated_ok=True)
-            return
+            schema, where = {"anyOf": items}, where + "[]"
         self._recurse_into(f, schema, where)
 
-    def _recurse_into(self, f: FDP, schema: Schema, where: str, repeated_ok: bool = False) -> None:
+    def _recurse_into(self, f: FDP, schema: Schema, where: str) -> None:
         if f.type != FDP.TYPE_MESSAGE or is_json_value(f.type_name) or _is_map(self.model, f):
             return
         if is_list_wrapper(self.model, f.type_name):
+            # `...List` wrappers are bare arrays: their element is checked against the items.
             inner = self.model.messages[f.type_name].field[0]
             items = specmodel.item_schemas(schema)
             self._recurse_into(inner, {"anyOf": items} if items else schema, where + "[]")

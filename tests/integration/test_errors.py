@@ -21,16 +21,7 @@ from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience import BreakerConfig
 
 from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
-
-DETAIL_TYPES: dict[str, type[Message]] = {
-    "ErrorInfo": error_details_pb2.ErrorInfo,
-    "RetryInfo": error_details_pb2.RetryInfo,
-    "QuotaFailure": error_details_pb2.QuotaFailure,
-    "BadRequest": error_details_pb2.BadRequest,
-    "RequestInfo": error_details_pb2.RequestInfo,
-    "ResourceInfo": error_details_pb2.ResourceInfo,
-    "PreconditionFailure": error_details_pb2.PreconditionFailure,
-}
+from tests.rich_status import DETAIL_TYPES
 
 
 @dataclasses.dataclass

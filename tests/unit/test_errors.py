@@ -17,22 +17,13 @@ import grpc
 import httpx
 import orjson
 import pytest
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from openai_grpc_server import errors, status
+
+from tests.rich_status import DETAIL_TYPES
 
 Code = grpc.StatusCode
 API_KEY = "sk-test-0123456789abcdefABCDEF"
-
-DETAIL_TYPES: dict[str, type[Message]] = {
-    "ErrorInfo": error_details_pb2.ErrorInfo,
-    "RetryInfo": error_details_pb2.RetryInfo,
-    "QuotaFailure": error_details_pb2.QuotaFailure,
-    "BadRequest": error_details_pb2.BadRequest,
-    "RequestInfo": error_details_pb2.RequestInfo,
-    "ResourceInfo": error_details_pb2.ResourceInfo,
-    "PreconditionFailure": error_details_pb2.PreconditionFailure,
-}
 
 
 def openai_body(

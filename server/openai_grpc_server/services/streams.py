@@ -25,7 +25,7 @@ from openai_grpc_server.errors import (
     classify_exception,
     classify_stream_error,
 )
-from openai_grpc_server.gateway import Call, Context, Gateway, _is_abort, total_tokens, usage_of
+from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
 from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata
@@ -52,6 +52,46 @@ class _Open:
     chunks: AsyncIterator[bytes]
     first: list[Any]  # events (or bytes) of the first non-empty read
     done: bool = False
+    decoder: SSEDecoder | None = None
+
+
+async def _open_upstream(
+    gw: Gateway,
+    route: Route,
+    call: Call,
+    req: routes.UpstreamRequest,
+    attempt: Attempt,
+    decode: Callable[[bytes], list[Any]],
+    *,
+    raw: bool,
+) -> _Open:
+    """Open the upstream response and read until `decode` yields something.
+
+    This runs inside the retry boundary: the caller has received nothing yet, so a failure
+    here is retried like a unary call.
+    """
+    response = await gw.upstream.send(
+        req.method,
+        req.path,
+        cred=call.credential,
+        query=req.query,
+        json_body=req.body,
+        time_left=attempt.timeout,
+        beta=route.beta_header,
+        stream=True,
+    )
+    try:
+        chunks = response.aiter_raw() if raw else response.aiter_bytes()
+        async for chunk in chunks:
+            first = decode(chunk)
+            if first:
+                return _Open(response, chunks, first)
+        return _Open(response, chunks, [], done=True)
+    except BaseException as exc:
+        await asyncio.shield(response.aclose())
+        if isinstance(exc, httpx.HTTPError):
+            raise classify_exception(exc) from exc
+        raise
 
 
 class EventConverter:
@@ -112,32 +152,16 @@ async def relay_events(
         req = routes.build_request(route, request, stream=True)
         call = gw.begin(route, request, context, req.body, len(orjson.dumps(req.body)) if req.body else 0)
         span = gw.telemetry.stream_span(call)
-        decoder = SSEDecoder()
         active = call
 
         async def attempt(a: Attempt) -> _Open:
-            response = await gw.upstream.send(
-                req.method,
-                req.path,
-                cred=active.credential,
-                query=req.query,
-                json_body=req.body,
-                time_left=a.timeout,
-                beta=route.beta_header,
-                stream=True,
-            )
-            try:
-                chunks = response.aiter_bytes()
-                async for chunk in chunks:
-                    events = decoder.feed(chunk)
-                    if events:
-                        return _Open(response, chunks, events)
+            decoder = SSEDecoder()  # a retried attempt starts from a clean slate
+            opened = await _open_upstream(gw, route, active, req, a, decoder.feed, raw=False)
+            if not opened.first:
+                await asyncio.shield(opened.response.aclose())
                 raise StreamInterrupted("OpenAI closed the stream before sending any event")
-            except BaseException as exc:
-                await asyncio.shield(response.aclose())
-                if isinstance(exc, httpx.HTTPError):
-                    raise classify_exception(exc) from exc
-                raise
+            opened.decoder = decoder
+            return opened
 
         stream, reservation = await gw.policy.execute(call.op, attempt)
         opened = stream  # closed in `finally`
@@ -147,6 +171,8 @@ async def relay_events(
         usage: dict[str, Any] | None = None
         finished = False
         batch: list[SSEEvent] = stream.first
+        decoder = stream.decoder
+        assert decoder is not None
         while True:
             out: list[Message] = []
             for sse in batch:
@@ -199,12 +225,7 @@ async def relay_events(
         if usage:
             gw.telemetry.usage(call.model, usage)
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
-    except asyncio.CancelledError:
-        # The caller left or its deadline passed: not an upstream failure.
-        raise
-    except Exception as exc:
-        if _is_abort(exc):
-            raise
+    except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
         if isinstance(exc, OpenAIError) and sent and call is not None:
             if not isinstance(exc, StreamInterrupted):
                 exc.metadata.setdefault("messagesDelivered", str(sent))
@@ -233,27 +254,9 @@ async def relay_binary(
         active = call
 
         async def attempt(a: Attempt) -> _Open:
-            response = await gw.upstream.send(
-                req.method,
-                req.path,
-                cred=active.credential,
-                query=req.query,
-                json_body=req.body,
-                time_left=a.timeout,
-                beta=route.beta_header,
-                stream=True,
+            return await _open_upstream(
+                gw, route, active, req, a, lambda chunk: [chunk] if chunk else [], raw=True
             )
-            try:
-                chunks = response.aiter_raw()
-                async for chunk in chunks:
-                    if chunk:
-                        return _Open(response, chunks, [chunk])
-                return _Open(response, chunks, [], done=True)
-            except BaseException as exc:
-                await asyncio.shield(response.aclose())
-                if isinstance(exc, httpx.HTTPError):
-                    raise classify_exception(exc) from exc
-                raise
 
         download, reservation = await gw.policy.execute(call.op, attempt)
         opened = download  # closed in `finally`
@@ -285,11 +288,7 @@ async def relay_binary(
                     metadata={"messagesDelivered": str(sent)},
                 ) from exc
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if _is_abort(exc):
-            raise
+    except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
         await gw.fail(context, call, route, exc)
     finally:
         if opened is not None:

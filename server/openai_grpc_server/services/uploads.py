@@ -8,7 +8,6 @@ before that (breaker open, limiter full) is reported like any other call.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from typing import Any
 from google.protobuf.message import Message
 from openai_grpc_server import codec
 from openai_grpc_server.errors import MalformedRequest
-from openai_grpc_server.gateway import Call, Context, Gateway, _is_abort, total_tokens, usage_of
+from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
 from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata
@@ -173,13 +172,8 @@ async def relay_upload(
         await context.send_initial_metadata(forwarded_metadata(value.headers))
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
         return response
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        if _is_abort(exc):
-            raise
+    except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
         await gw.fail(context, call, route, exc)
-        raise AssertionError("unreachable") from exc
 
 
 __all__ = ["MultipartStream", "form_fields", "relay_upload"]
