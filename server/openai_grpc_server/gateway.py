@@ -159,7 +159,7 @@ class Gateway:
             value.status, self.upstream.url(req.path), value.headers.get("x-request-id")
         )
         usage = usage_of(value.body)
-        reservation.settle(total_tokens(usage) if usage else 0)
+        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
         if usage is not None:
             self.telemetry.usage(call.model, usage)
         response = route.output_cls()

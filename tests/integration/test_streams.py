@@ -227,9 +227,10 @@ async def test_include_usage_delivers_the_usage_only_chunk(
 async def test_without_include_usage_there_is_no_usage_chunk(
     gateway: Gateway, clean_fake: FakeUpstream
 ) -> None:
+    """The gateway asks upstream for usage anyway (metrics, token limiter) and hides the chunk."""
     messages, err = await drain(chat_call(gateway))
     assert err is None, (err.code(), err.details())
-    assert "stream_options" not in clean_fake.requests[0].json
+    assert clean_fake.requests[0].json["stream_options"] == {"include_usage": True}
     events = events_of(messages)
     assert all(e.choices for e in events)
     assert not any(e.HasField("usage") for e in events)

@@ -118,6 +118,22 @@ class EventConverter:
         return msg
 
 
+def _ask_for_usage(route: Route, body: dict[str, Any] | None) -> bool:
+    """Chat and completion streams report token usage only when asked to.
+
+    The gateway always asks, so metrics and the token limiter see real usage for streams too;
+    when the caller did not ask, the extra usage-only chunk is dropped before it reaches them.
+    Returns whether that chunk must be hidden.
+    """
+    if body is None or "stream_options" not in route.input_desc.fields_by_name:
+        return False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is not None:
+        return False
+    body["stream_options"] = {**(options or {}), "include_usage": True}
+    return True
+
+
 def _member_for(event: str) -> str:
     """`thread.run.step.delta` -> `run_step_delta`; `thread.message.created` -> `message`."""
     parts = event.split(".")
@@ -150,6 +166,7 @@ async def relay_events(
     try:
         validation.check(route, request, streaming=True)
         req = routes.build_request(route, request, stream=True)
+        hide_usage = _ask_for_usage(route, req.body)
         call = gw.begin(route, request, context, req.body, len(orjson.dumps(req.body)) if req.body else 0)
         span = gw.telemetry.stream_span(call)
         active = call
@@ -194,6 +211,8 @@ async def relay_events(
                 found = usage_of(payload)
                 if found is not None:
                     usage = found
+                    if hide_usage and payload.get("choices") == []:
+                        continue  # the usage chunk the gateway asked for, not the caller
                 etype = payload.get("type") if isinstance(payload, dict) else None
                 if sse.event in _TERMINAL_TYPES or etype in _TERMINAL_TYPES:
                     finished = True
@@ -221,7 +240,7 @@ async def relay_events(
                 f"OpenAI ended the stream without finishing it, after {sent} messages",
                 metadata={"messagesDelivered": str(sent)},
             )
-        reservation.settle(total_tokens(usage) if usage else 0)
+        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
         if usage:
             gw.telemetry.usage(call.model, usage)
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
