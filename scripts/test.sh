@@ -11,6 +11,13 @@ ruff check server tests bench
 echo "== mypy --strict server"
 mypy --strict server
 
+if [ "$#" -eq 0 ]; then
+  # The gateway can use either upstream transport; the main run below uses the default
+  # (aiohttp), this one the other (httpx's own pool).
+  echo "== pytest tests/integration with the httpx transport"
+  OPENAI_GRPC_TEST_TRANSPORT=httpx python -m pytest tests/integration -q -m "not slow" -p no:cacheprovider
+fi
+
 echo "== pytest"
 set +e
 python -m pytest "$@"

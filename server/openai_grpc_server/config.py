@@ -44,7 +44,9 @@ class Settings:
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 20.0
     workers: int = 1
-    upstream_transport: str = "httpx"
+    # httpx's API over aiohttp's connection pool: about half the CPU per call of httpx's own
+    # pool here (docs/benchmarks.md); "httpx" keeps httpx's pool.
+    upstream_transport: str = "aiohttp"
     reflection: bool = True
     auth_mode: str = "none"
     tenants_file: str | None = None

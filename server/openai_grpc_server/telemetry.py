@@ -45,6 +45,9 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx and httpcore log every request at INFO: one line per call is noise (and CPU).
+    for name in ("httpx", "httpcore", "aiohttp.access", "grpc"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def setup_metrics(port: int | None) -> None:

@@ -33,7 +33,7 @@ def settings_for(base_url: str, **overrides: Any) -> Settings:
         # The error-table tests send many 5xx in a row: keep the breaker out of their way.
         breaker=BreakerConfig(failure_threshold=10_000),
         # The suite runs against either upstream transport (scripts/test.sh runs both).
-        upstream_transport=os.environ.get("OPENAI_GRPC_TEST_TRANSPORT", "httpx"),
+        upstream_transport=os.environ.get("OPENAI_GRPC_TEST_TRANSPORT", "aiohttp"),
     )
     return dataclasses.replace(base, **overrides)
 

@@ -61,7 +61,7 @@ async def test_unary_rpc(route: routes.Route, gateway: Gateway, clean_fake: Fake
 
     call = gateway.unary(route.name)(request, timeout=10)
     response = await call
-    metadata = dict(await call.initial_metadata())
+    metadata = dict(await call.trailing_metadata())
 
     sent = clean_fake.requests
     assert len(sent) == 1, [r.path for r in sent]

@@ -29,7 +29,8 @@ async def test_node_client_calls_unary_and_stream(gateway: Gateway, clean_fake: 
     result = json.loads(out.strip().splitlines()[-1])
     assert result["id"].startswith("chatcmpl")
     assert result["content"]
-    assert result["frames"] >= 3 and result["streamed"]
+    # Events one upstream read delivered share a message: at least one frame, all the text.
+    assert result["frames"] >= 1 and len(result["streamed"]) > 10
     assert result["models"] > 0
     assert result["errorCode"] == "3"  # INVALID_ARGUMENT from local validation
     chat_calls = [r for r in clean_fake.requests if r.path == "/v1/chat/completions"]

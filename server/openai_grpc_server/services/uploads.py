@@ -169,7 +169,7 @@ async def relay_upload(
         reservation.settle(total_tokens(usage) if usage else 0)
         response = route.output_cls()
         codec.decode_response(value.body, response)
-        await context.send_initial_metadata(forwarded_metadata(value.headers))
+        context.set_trailing_metadata(forwarded_metadata(value.headers))
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
         return response
     except Exception as exc:  # CancelledError (the caller left) is not one: it propagates

@@ -41,7 +41,7 @@ class UpstreamSettings:
     pool_timeout: float = 10.0
     # "httpx": httpx's own connection pool; "aiohttp": httpx's API over aiohttp's pool
     # (httpx-aiohttp), which costs less CPU per request (docs/benchmarks.md).
-    transport: str = "httpx"
+    transport: str = "aiohttp"
 
 
 @dataclasses.dataclass
