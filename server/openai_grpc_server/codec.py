@@ -312,8 +312,16 @@ def _set_repeated(msg: Message, f: FD, values: list[JSON]) -> None:
     if f.type == FD.TYPE_MESSAGE:
         for item in values:
             decode_into(item if item is not None else {}, target.add())
-    else:
-        target.extend(_scalar(f, v) for v in values)
+        return
+    if f.type in _FLOAT_TYPES:
+        # Embeddings: thousands of numbers, converted in C by protobuf (which also takes a JSON
+        # true as 1.0); a value it rejects (a string) falls through to the per-item path.
+        try:
+            target.extend(values)
+            return
+        except (TypeError, ValueError):
+            del target[:]
+    target.extend(_scalar(f, v) for v in values)
 
 
 def _set_map(msg: Message, f: FD, value: JSON) -> None:

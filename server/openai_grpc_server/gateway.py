@@ -25,6 +25,7 @@ from openai_grpc_server.auth import Authenticator, Credential
 from openai_grpc_server.errors import CodecFailure, GatewayInternal, OpenAIError
 from openai_grpc_server.resilience import Attempt, Operation, ResiliencePolicy
 from openai_grpc_server.routes import Route
+from openai_grpc_server.services import embeddings
 from openai_grpc_server.telemetry import Telemetry
 from openai_grpc_server.upstream.client import JsonResponse, UpstreamClient, forwarded_metadata
 
@@ -129,17 +130,24 @@ class Gateway:
                 try:
                     validation.check(route, request)
                     req = routes.build_request(route, request)
+                    unpack = route.path_template == embeddings.PATH and embeddings.prepare(req.body or {})
                     payload = orjson.dumps(req.body) if req.body is not None else None
                     call = self.begin(route, request, context, req.body, len(payload or b""))
                     with self.telemetry.request_span(call, streaming=False):
-                        return await self._unary(route, call, req, payload, context)
+                        return await self._unary(route, call, req, payload, context, unpack)
                 except Exception as exc:  # CancelledError is not an Exception: it propagates
                     await self.fail(context, call, route, exc)
 
         return handler
 
     async def _unary(
-        self, route: Route, call: Call, req: routes.UpstreamRequest, payload: bytes | None, context: Context
+        self,
+        route: Route,
+        call: Call,
+        req: routes.UpstreamRequest,
+        payload: bytes | None,
+        context: Context,
+        unpack_embeddings: bool,
     ) -> Message:
         async def attempt(a: Attempt) -> JsonResponse:
             return await self.upstream.send_json(
@@ -162,6 +170,8 @@ class Gateway:
         reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
         if usage is not None:
             self.telemetry.usage(call.model, usage)
+        if unpack_embeddings:
+            embeddings.restore(value.body)
         response = route.output_cls()
         try:
             codec.decode_response(value.body, response)

@@ -29,6 +29,7 @@ from .bodies import (
     build_stream,
     cached_stream,
     dumps,
+    embeddings_body,
     error_event,
     render_json,
 )
@@ -589,6 +590,10 @@ class FakeUpstream:
                 )
             return await self._stream_sse(ctx, status, plan)
 
+        if key == "POST /embeddings" and not extra:
+            answer = embeddings_body(data, model)
+            if answer is not None:
+                return await self._send(ctx, status, answer, JSON_CT)
         special = self._stateful_body(key, params, data, form, body)
         if special is not None:
             if extra:

@@ -6,6 +6,8 @@ is a dict lookup plus a write.
 
 from __future__ import annotations
 
+import array
+import base64
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -320,3 +322,38 @@ def cached_stream(
     base = build_body(endpoint, dict(params), model)
     thread = build_body(thread_endpoint, {}, None) if thread_endpoint is not None else None
     return build_stream(kind, base, n, include_usage=include_usage, thread=thread)
+
+
+# text-embedding-3-small answers 1536 dimensions unless `dimensions` asks for fewer.
+_DEFAULT_DIMENSIONS = 1536
+
+
+def embeddings_body(data: Mapping[str, Any], model: str | None) -> bytes | None:
+    """A real-sized embeddings answer: one vector per input, `dimensions` floats each, as JSON
+    numbers or (with `encoding_format: base64`) little-endian float32 in base64, as OpenAI does."""
+    raw = data.get("input")
+    if isinstance(raw, str):
+        count = 1
+    elif isinstance(raw, list) and raw:
+        count = 1 if all(isinstance(x, int) for x in raw) else len(raw)
+    else:
+        return None
+    dims = data.get("dimensions")
+    dims = dims if isinstance(dims, int) and 0 < dims <= 8192 else _DEFAULT_DIMENSIONS
+    b64 = data.get("encoding_format") == "base64"
+    return _embeddings(count, dims, b64, model or "text-embedding-3-small")
+
+
+@functools.lru_cache(maxsize=64)
+def _embeddings(count: int, dims: int, b64: bool, model: str) -> bytes:
+    vectors = []
+    for i in range(count):
+        values = array.array(
+            "f", (((i * 7919 + j * 104729) % 2001 - 1000) / 1000.0 * 0.05 for j in range(dims))
+        )
+        embedding: Any = (
+            base64.b64encode(values.tobytes()).decode("ascii") if b64 else [float(v) for v in values]
+        )
+        vectors.append({"object": "embedding", "index": i, "embedding": embedding})
+    usage = {"prompt_tokens": 8 * count, "total_tokens": 8 * count}
+    return dumps({"object": "list", "data": vectors, "model": model, "usage": usage})
