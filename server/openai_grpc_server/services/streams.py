@@ -18,6 +18,8 @@ import httpx
 import orjson
 from google.protobuf import message_factory
 from google.protobuf.message import Message
+from opentelemetry.trace import Span
+
 from openai_grpc_server import codec, routes, validation
 from openai_grpc_server.errors import (
     OpenAIError,
@@ -30,7 +32,6 @@ from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
-from opentelemetry.trace import Span
 
 DONE = "[DONE]"
 # Responses and image streams end with one of these events instead of [DONE].

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
+
 from openai_grpc_server import codec
 from openai_grpc_server.errors import MalformedRequest
 from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
