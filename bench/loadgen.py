@@ -39,6 +39,7 @@ from openai_grpc.v1 import (
 )
 
 perf = time.perf_counter
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 MODES = ("unary", "embed", "stream", "hold", "upload", "cancel")
 
 
@@ -174,7 +175,7 @@ class LoadGen:
             self.chat_req = chat_pb2.CreateChatCompletionRequest(model=s.model, messages=msgs)
             self.stream_req = chat_pb2.StreamChatCompletionRequest(model=s.model, messages=msgs)
             self.emb_req = embeddings_pb2.CreateEmbeddingRequest(
-                model=s.embed_model, texts=common_pb2.StringList(values=self.texts)
+                model=s.embed_model, texts=common_pb2.StringList(values=self.texts), dimensions=s.embed_dims
             )
         else:
             conn = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=False)
@@ -190,7 +191,9 @@ class LoadGen:
             message = [{"role": "user", "content": "hi"}]
             self.chat_body = orjson.dumps({"model": s.model, "messages": message})
             self.stream_body = orjson.dumps({"model": s.model, "messages": message, "stream": True})
-            self.emb_body = orjson.dumps({"model": s.embed_model, "input": self.texts})
+            self.emb_body = orjson.dumps(
+                {"model": s.embed_model, "input": self.texts, "dimensions": s.embed_dims}
+            )
             self.json_headers = {"content-type": "application/json"}
 
     async def close(self) -> None:
@@ -268,7 +271,7 @@ class LoadGen:
         if self.channel is not None:
             call = self.chat.StreamChatCompletion(self.stream_req, timeout=self.spec.timeout)
             msg = await call.read()
-            if msg is grpc.aio.EOF:
+            if msg is EOF:
                 raise RuntimeError("stream ended before its first message")
             call.cancel()
             return
@@ -290,10 +293,10 @@ class LoadGen:
             call = self.chat.StreamChatCompletion(self.stream_req, timeout=self.spec.timeout)
             try:
                 msg = await call.read()
-                if msg is grpc.aio.EOF:
+                if msg is EOF:
                     raise RuntimeError("stream ended before its first message")
                 ready()
-                while await call.read() is not grpc.aio.EOF:
+                while await call.read() is not EOF:
                     pass
             finally:
                 call.cancel()

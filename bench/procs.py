@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -130,7 +131,7 @@ class Proc:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
-        self._log = None
+        self._log: BinaryIO | None = None
 
     @property
     def pid(self) -> int:

@@ -130,6 +130,21 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 # -- profile -----------------------------------------------------------------------------------
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
+# Frames under which everything runs (interpreter start, the loop, thread bootstrap): left out of
+# the inclusive list, where they would only say 100 %.
+_ROOT_FUNCS = frozenset(
+    {
+        "<module>",
+        "_run_code",
+        "_run_module_as_main",
+        "main",
+        "run",
+        "Runner.run",
+        "Thread._bootstrap",
+        "Thread._bootstrap_inner",
+        "Thread.run",
+    }
+)
 
 
 def _short_file(path: str) -> str:
@@ -143,7 +158,9 @@ def _short_file(path: str) -> str:
 def _category(path: str, func: str) -> str:
     if func == "Runner.run" and path.endswith("asyncio/runners.py"):
         # The loop's own frame as leaf: time in C under the event loop (uvloop, grpc's Cython core).
-        return "native code under the event loop (uvloop, grpc cygrpc)"
+        return "native code under the event loop (uvloop, grpc cygrpc)"  # same text as _NATIVE
+    if func == "Thread.run" and path.endswith("threading.py"):
+        return "native code in helper threads (grpc.aio poller)"
     short = _short_file(path)
     if "openai_grpc_server/" in path:
         return "gateway code (openai_grpc_server)"
@@ -175,9 +192,10 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
         if not frames:
             continue
         leaf, leaf_file, leaf_func = frames[-1]
-        self_c[leaf] += n
-        cat_c[_category(leaf_file, leaf_func)] += n
-        for name in {f for f, _, _ in frames}:
+        category = _category(leaf_file, leaf_func)
+        self_c[f"[{category}]" if category.startswith("native") else leaf] += n
+        cat_c[category] += n
+        for name in {f for f, _, func in frames if func not in _ROOT_FUNCS}:
             incl_c[name] += n
 
     def pct(c: Counter[str]) -> list[dict[str, Any]]:
@@ -241,13 +259,13 @@ def make_plots(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, path in enumerate(("gateway", "litellm")):
-        vals = [dig(s, k, "paths", path, "derived", f) or 0 for k, f, _ in items]
+        cpu_vals = [dig(s, k, "paths", path, "derived", f) or 0 for k, f, _ in items]
         xs = [j + (i - 0.5) * 0.38 for j in range(len(items))]
-        bars = ax.bar(xs, vals, 0.38, label=PATH_LABELS[path], color=COLORS[path])
-        for b, v in zip(bars, vals, strict=True):
-            if v:
+        bars = ax.bar(xs, cpu_vals, 0.38, label=PATH_LABELS[path], color=COLORS[path])
+        for b, cv in zip(bars, cpu_vals, strict=True):
+            if cv:
                 ax.annotate(
-                    f"{v:.0f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7
+                    f"{cv:.0f}", (b.get_x() + b.get_width() / 2, cv), ha="center", va="bottom", fontsize=7
                 )
     ax.axhline(400, color="#1f77b4", ls=":", lw=1)
     ax.axhline(40, color="#1f77b4", ls="--", lw=1)
@@ -484,6 +502,7 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
     add("")
     out.extend(_primary_rows(result))
     add("")
+    settings = ", ".join(f"{k}={x}" for k, x in (dig(result, "gateway", "settings_env") or {}).items())
     add("## Machine and set-up")
     add("")
     add("| | |")
@@ -495,7 +514,8 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
         f"| gateway | {result['gateway']['workers']} process(es); `--workers` flag supported: "
         f"{fmt(result['gateway']['supports_workers_flag'])}; "
         f"commit {str(dig(v, 'gateway_git', 'commit'))[:12]}"
-        f"{' + uncommitted changes in server/' if dig(v, 'gateway_git', 'dirty') else ''} |"
+        f"{' + uncommitted changes in server/' if dig(v, 'gateway_git', 'dirty') else ''}; settings: "
+        f"{settings or 'defaults'} |"
     )
     add(f"| Python | {m['python']} |")
     add("| gateway venv | " + ", ".join(f"{k} {val}" for k, val in gv.items() if val) + " |")
@@ -658,7 +678,8 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
     add("")
     add(
         "| path | cancelled | per s | first message p50 / p99 ms | middle CPU µs per cancel | upstream "
-        "disconnects | upstream streams still open after 2 s | middle RSS before → after | errors |"
+        f"disconnects | upstream streams still open {fmt(cpp.get('settle_s'), 1)} s later | middle RSS "
+        "before → after | errors |"
     )
     add("|---|---|---|---|---|---|---|---|---|")
     for path in ("gateway", "direct", "litellm"):
@@ -686,7 +707,9 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
     else:
         add(
             f"{prof['tool']}; {prof['samples']} samples of the gateway's Python threads while it served "
-            f"{fmt(prof.get('rps_under_profiler'))} req/s. Native gRPC core threads are not sampled."
+            f"{fmt(prof.get('rps_under_profiler'))} req/s. Native gRPC core threads are not sampled. "
+            "Shares are of the samples taken. A coroutine resumed by the (C) event loop starts a new "
+            "Python stack, so inclusive shares of async frames are lower bounds; the leaf columns are exact."
         )
         add("")
         add("| by package (leaf frame) | % | | self (leaf) frame | % | | inclusive frame | % |")
