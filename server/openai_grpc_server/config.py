@@ -54,6 +54,7 @@ class Settings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     metrics_port: int | None = None
+    tracing: bool = False
     log_level: str = "INFO"
     retry: RetryConfig = dataclasses.field(default_factory=RetryConfig)
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
@@ -100,6 +101,7 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("tls_key", "OPENAI_GRPC_TLS_KEY", str),
     ("tls_client_ca", "OPENAI_GRPC_TLS_CLIENT_CA", str),
     ("metrics_port", "OPENAI_GRPC_METRICS_PORT", int),
+    ("tracing", "OPENAI_GRPC_TRACING", bool),
     ("log_level", "OPENAI_GRPC_LOG_LEVEL", str),
 )
 # Resilience sections: env OPENAI_GRPC_<SECTION>_<KEY>, file `<section>: {key: value}`.

@@ -113,6 +113,11 @@ class Gateway:
         model = str(body.get("model", "")) if body else str(getattr(request, "model", "") or "")
         return Call(route, credential, op, model, time.perf_counter())
 
+    def observe(self, call: Call, forwarded: list[tuple[str, str]]) -> None:
+        """Feed upstream `x-ratelimit-*` headers (already picked out for the caller) to the limiter."""
+        if any(k.startswith("x-ratelimit-") for k, _ in forwarded):
+            self.policy.observe_headers(call.op, dict(forwarded))
+
     async def fail(self, context: Context, call: Call | None, route: Route, exc: BaseException) -> NoReturn:
         """End the RPC with the status for `exc` (an abort already under way passes through)."""
         if _is_abort(exc):
@@ -162,10 +167,9 @@ class Gateway:
             )
 
         value, reservation = await self.policy.execute(call.op, attempt)
-        self.policy.observe_headers(call.op, value.headers)
-        self.telemetry.http_response(
-            value.status, self.upstream.url(req.path), value.headers.get("x-request-id")
-        )
+        forwarded = forwarded_metadata(value.headers)
+        self.observe(call, forwarded)
+        self.telemetry.http_response(value.status, self.upstream, req.path, value.headers)
         usage = usage_of(value.body)
         reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
         if usage is not None:
@@ -183,7 +187,7 @@ class Gateway:
             ) from exc
         # Trailing, not initial metadata: a separate initial-metadata send costs a whole extra
         # batch in grpc.aio (13 % of a unary call's CPU here); trailers ride with the status.
-        context.set_trailing_metadata(forwarded_metadata(value.headers))
+        context.set_trailing_metadata(forwarded)
         self.telemetry.request_done(route.endpoint, call.model, call.started, None)
         return response
 

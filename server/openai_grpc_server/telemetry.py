@@ -51,14 +51,15 @@ def setup_logging(level: str) -> None:
 
 
 def setup_metrics(port: int | None) -> None:
-    readers = []
-    if port:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
-        from prometheus_client import start_http_server  # noqa: PLC0415
+    """Prometheus metrics on `port`. Without a reader nothing would read the numbers, so the
+    OpenTelemetry API's no-op meters stay in place (recording costs CPU on every call)."""
+    if not port:
+        return
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from prometheus_client import start_http_server  # noqa: PLC0415
 
-        start_http_server(port)
-        readers.append(PrometheusMetricReader())
-    metrics.set_meter_provider(MeterProvider(metric_readers=readers))
+    start_http_server(port)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
 
 
 class Telemetry:
@@ -143,10 +144,13 @@ class Telemetry:
             attributes["openai.organization_id"] = call.credential.organization
         return attributes
 
-    def http_response(self, status: int, url: str, request_id: str | None) -> None:
+    def http_response(self, status: int, upstream: Any, path: str, headers: Any) -> None:
         span = trace.get_current_span()
+        if not span.is_recording():
+            return  # tracing is off: skip building attributes nobody reads
         span.set_attribute("http.status_code", status)
-        span.set_attribute("http.url", url)
+        span.set_attribute("http.url", upstream.url(path))
+        request_id = headers.get("x-request-id")
         if request_id:
             span.set_attribute("openai.request_id", request_id)
 

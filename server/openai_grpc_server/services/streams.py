@@ -183,8 +183,8 @@ async def relay_events(
 
         stream, reservation = await gw.policy.execute(call.op, attempt)
         opened = stream  # closed in `finally`
-        gw.policy.observe_headers(call.op, stream.response.headers)
         trailing = forwarded_metadata(stream.response.headers)
+        gw.observe(call, trailing)
         context.set_trailing_metadata(trailing)
         usage: dict[str, Any] | None = None
         finished = False

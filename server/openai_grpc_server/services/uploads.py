@@ -165,12 +165,13 @@ async def relay_upload(
         op = dataclasses.replace(call.op, replayable=False)
         with gw.telemetry.request_span(call, streaming=False):
             value, reservation = await gw.policy.execute(op, attempt)
-        gw.policy.observe_headers(op, value.headers)
+        forwarded = forwarded_metadata(value.headers)
+        gw.observe(call, forwarded)
         usage = usage_of(value.body)
         reservation.settle(total_tokens(usage) if usage else 0)
         response = route.output_cls()
         codec.decode_response(value.body, response)
-        context.set_trailing_metadata(forwarded_metadata(value.headers))
+        context.set_trailing_metadata(forwarded)
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
         return response
     except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
