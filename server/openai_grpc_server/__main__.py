@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
         uvloop = None  # type: ignore[assignment]
     try:
-        if uvloop is not None:
+        if uvloop is not None and settings.event_loop == "uvloop":
             uvloop.run(_run(settings))
         else:
             asyncio.run(_run(settings))

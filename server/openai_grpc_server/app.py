@@ -15,7 +15,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from openai_grpc_server import routes
+from openai_grpc_server import jsonlib, routes
 from openai_grpc_server.config import Settings
 from openai_grpc_server.gateway import Context, Gateway
 from openai_grpc_server.resilience import ResiliencePolicy
@@ -97,10 +97,17 @@ async def start(
     settings: Settings, *, interceptors: tuple[Any, ...] | None = None, telemetry: Telemetry | None = None
 ) -> Running:
     telemetry = telemetry or Telemetry()
+    jsonlib.use(settings.json_library)
     policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
     upstream = UpstreamClient(settings.upstream())
     gw = Gateway(
-        upstream, settings.authenticator(), policy, telemetry, max_concurrent=settings.max_concurrent_rpcs
+        upstream,
+        settings.authenticator(),
+        policy,
+        telemetry,
+        max_concurrent=settings.max_concurrent_rpcs,
+        embeddings_base64=settings.embeddings_base64,
+        coalesce_events=settings.coalesce_events,
     )
     table = routes.load_routes()
     options = [

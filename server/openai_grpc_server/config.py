@@ -55,6 +55,11 @@ class Settings:
     tls_client_ca: str | None = None
     metrics_port: int | None = None
     tracing: bool = False
+    # Performance levers, each measured in docs/benchmarks.md; the defaults are the winners.
+    event_loop: str = "uvloop"
+    json_library: str = "orjson"
+    embeddings_base64: bool = True
+    coalesce_events: bool = True
     log_level: str = "INFO"
     retry: RetryConfig = dataclasses.field(default_factory=RetryConfig)
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
@@ -102,6 +107,10 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("tls_client_ca", "OPENAI_GRPC_TLS_CLIENT_CA", str),
     ("metrics_port", "OPENAI_GRPC_METRICS_PORT", int),
     ("tracing", "OPENAI_GRPC_TRACING", bool),
+    ("event_loop", "OPENAI_GRPC_EVENT_LOOP", str),
+    ("json_library", "OPENAI_GRPC_JSON_LIBRARY", str),
+    ("embeddings_base64", "OPENAI_GRPC_EMBEDDINGS_BASE64", bool),
+    ("coalesce_events", "OPENAI_GRPC_COALESCE_EVENTS", bool),
     ("log_level", "OPENAI_GRPC_LOG_LEVEL", str),
 )
 # Resilience sections: env OPENAI_GRPC_<SECTION>_<KEY>, file `<section>: {key: value}`.
@@ -242,6 +251,10 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(f"cannot read {path}")
     if s.request_timeout <= 0 or s.connect_timeout <= 0:
         raise ConfigError("timeouts must be positive")
+    if s.event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(f"event_loop must be 'uvloop' or 'asyncio', not {s.event_loop!r}")
+    if s.json_library not in ("orjson", "stdlib"):
+        raise ConfigError(f"json_library must be 'orjson' or 'stdlib', not {s.json_library!r}")
     if s.upstream_transport not in ("httpx", "aiohttp"):
         raise ConfigError(f"upstream_transport must be 'httpx' or 'aiohttp', not {s.upstream_transport!r}")
     if not 1 <= s.workers <= 64:

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import grpc
 import httpx
-import orjson
+
+from openai_grpc_server import jsonlib
 
 Code = grpc.StatusCode
 
@@ -420,8 +421,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 def _error_body(body: bytes) -> dict[str, Any] | None:
     try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        parsed = jsonlib.loads(body)
+    except jsonlib.JSONDecodeError:
         return None
     if isinstance(parsed, dict):
         err = parsed.get("error", parsed)
@@ -541,7 +542,7 @@ def classify_stream_error(payload: Any) -> OpenAIError:
     status = _STREAM_ERROR_STATUS.get(kind, _STREAM_ERROR_STATUS.get(str(err.get("code")), 500))
     fields = {k: err.get(k) for k in ("message", "type", "code", "param")}
     fields["message"] = fields["message"] or f"OpenAI reported a {kind} error inside the stream"
-    body = orjson.dumps({"error": fields})
+    body = jsonlib.dumps({"error": fields})
     found = classify_response(status, {}, body)
     found.upstream_status = None  # the HTTP exchange itself succeeded
     return found

@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-import orjson
 from google.protobuf.message import Message
 
-from openai_grpc_server import codec, routes, status, validation
+from openai_grpc_server import codec, jsonlib, routes, status, validation
 from openai_grpc_server.auth import Authenticator, Credential
 from openai_grpc_server.errors import CodecFailure, GatewayInternal, OpenAIError
 from openai_grpc_server.resilience import Attempt, Operation, ResiliencePolicy
@@ -84,7 +83,12 @@ class Gateway:
         telemetry: Telemetry,
         *,
         max_concurrent: int = 2000,
+        embeddings_base64: bool = True,
+        coalesce_events: bool = True,
     ) -> None:
+        self.embeddings_base64 = embeddings_base64
+        # Relay the events of one upstream read in one gRPC message (each message costs ~30 µs).
+        self.coalesce_events = coalesce_events
         self.upstream = upstream
         self.auth = authenticator
         self.policy = policy
@@ -135,8 +139,12 @@ class Gateway:
                 try:
                     validation.check(route, request)
                     req = routes.build_request(route, request)
-                    unpack = route.path_template == embeddings.PATH and embeddings.prepare(req.body or {})
-                    payload = orjson.dumps(req.body) if req.body is not None else None
+                    unpack = (
+                        self.embeddings_base64
+                        and route.path_template == embeddings.PATH
+                        and embeddings.prepare(req.body or {})
+                    )
+                    payload = jsonlib.dumps(req.body) if req.body is not None else None
                     call = self.begin(route, request, context, req.body, len(payload or b""))
                     with self.telemetry.request_span(call, streaming=False):
                         return await self._unary(route, call, req, payload, context, unpack)

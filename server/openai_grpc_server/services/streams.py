@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import orjson
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 from opentelemetry.trace import Span
 
-from openai_grpc_server import codec, routes, validation
+from openai_grpc_server import codec, jsonlib, routes, validation
 from openai_grpc_server.errors import (
     OpenAIError,
     StreamInterrupted,
@@ -65,6 +64,7 @@ async def _open_upstream(
     decode: Callable[[bytes], list[Any]],
     *,
     raw: bool,
+    payload: bytes | None = None,
 ) -> _Open:
     """Open the upstream response and read until `decode` yields something.
 
@@ -76,7 +76,9 @@ async def _open_upstream(
         req.path,
         cred=call.credential,
         query=req.query,
-        json_body=req.body,
+        json_body=req.body if payload is None else None,
+        content=payload,
+        content_type="application/json" if payload is not None else None,
         time_left=attempt.timeout,
         beta=route.beta_header,
         stream=True,
@@ -168,13 +170,16 @@ async def relay_events(
         validation.check(route, request, streaming=True)
         req = routes.build_request(route, request, stream=True)
         hide_usage = _ask_for_usage(route, req.body)
-        call = gw.begin(route, request, context, req.body, len(orjson.dumps(req.body)) if req.body else 0)
+        body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
+        call = gw.begin(route, request, context, req.body, len(body_bytes or b""))
         span = gw.telemetry.stream_span(call)
         active = call
 
         async def attempt(a: Attempt) -> _Open:
             decoder = SSEDecoder()  # a retried attempt starts from a clean slate
-            opened = await _open_upstream(gw, route, active, req, a, decoder.feed, raw=False)
+            opened = await _open_upstream(
+                gw, route, active, req, a, decoder.feed, raw=False, payload=body_bytes
+            )
             if not opened.first:
                 await asyncio.shield(opened.response.aclose())
                 raise StreamInterrupted("OpenAI closed the stream before sending any event")
@@ -198,8 +203,8 @@ async def relay_events(
                     finished = True
                     continue
                 try:
-                    payload = orjson.loads(sse.data)
-                except orjson.JSONDecodeError:
+                    payload = jsonlib.loads(sse.data)
+                except jsonlib.JSONDecodeError:
                     raise StreamInterrupted(
                         f"OpenAI sent an event that is not JSON after {sent} messages",
                         metadata={"messagesDelivered": str(sent)},
@@ -219,8 +224,13 @@ async def relay_events(
                     finished = True
                 out.append(converter.convert(sse, payload))
             if out:
-                yield route.output_cls(events=out)
-                sent += 1
+                if gw.coalesce_events:
+                    yield route.output_cls(events=out)
+                    sent += 1
+                else:
+                    for event in out:
+                        yield route.output_cls(events=[event])
+                        sent += 1
                 gw.telemetry.streamed(route.endpoint, call.model, len(out))
             try:
                 chunk = await anext(stream.chunks)

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
 import httpx
-import orjson
-from openai_grpc_server import __version__
+from openai_grpc_server import __version__, jsonlib
 from openai_grpc_server.auth import Credential
 from openai_grpc_server.errors import DeserializationError, OpenAIError, classify_exception, classify_response
 
@@ -132,7 +131,7 @@ class UpstreamClient:
     ) -> httpx.Response:
         """Send one request; returns a 2xx response (open, when `stream`) or raises OpenAIError."""
         if json_body is not None:
-            content = orjson.dumps(json_body)
+            content = jsonlib.dumps(json_body)
             content_type = "application/json"
         request = self._client.build_request(
             method,
@@ -181,8 +180,8 @@ def parse_json(response: httpx.Response) -> Any:
         # Transcripts in text, srt or vtt format: the resource's `text` carries them whole.
         return {"text": response.text}
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return jsonlib.loads(body)
+    except jsonlib.JSONDecodeError as exc:
         err: OpenAIError = DeserializationError(
             f"OpenAI answered {response.status_code} with a body that is not JSON "
             f"(content-type {ctype or 'missing'}, {len(body)} bytes)",
