@@ -27,7 +27,7 @@ from openai_grpc_server.errors import (
     classify_stream_error,
 )
 from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
-from openai_grpc_server.resilience import Attempt
+from openai_grpc_server.resilience import Attempt, Reservation
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
@@ -165,6 +165,7 @@ async def relay_events(
     sent = 0
     opened: _Open | None = None
     span: Span | None = None
+    reservation: Reservation | None = None
     converter = EventConverter(route)
     try:
         validation.check(route, request, streaming=True)
@@ -255,7 +256,16 @@ async def relay_events(
         if usage:
             gw.telemetry.usage(call.model, usage)
         gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
-    except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
+    except asyncio.CancelledError:
+        # The caller left: not an upstream failure. Tokens come back unless generation had
+        # already reached the caller, in which case the estimate stays charged.
+        if reservation is not None and call is not None:
+            if sent:
+                reservation.settle(call.op.token_estimate)
+            else:
+                reservation.release()
+        raise
+    except Exception as exc:
         if isinstance(exc, OpenAIError) and sent and call is not None:
             if not isinstance(exc, StreamInterrupted):
                 exc.metadata.setdefault("messagesDelivered", str(sent))
