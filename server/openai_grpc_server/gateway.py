@@ -105,8 +105,12 @@ class Gateway:
         body: Mapping[str, Any] | None,
         size: int,
     ) -> Call:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        credential = self.auth.authenticate(metadata)
+        """Authenticate the caller and describe the call for the resilience policy."""
+        if self.auth.mode == "none":
+            credential = self.auth.authenticate({})  # no caller metadata to read
+        else:
+            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            credential = self.auth.authenticate(metadata)
         deadline = self.policy.deadline_in(context.time_remaining())
         op = Operation(
             endpoint=route.endpoint,
