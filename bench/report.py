@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import json
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -176,6 +180,7 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
     cat_c: Counter[str] = Counter()
+    gw_self: Counter[str] = Counter()
     total = 0
     for line in text.splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -195,15 +200,21 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
         category = _category(leaf_file, leaf_func)
         self_c[f"[{category}]" if category.startswith("native") else leaf] += n
         cat_c[category] += n
+        if category.startswith("gateway code"):
+            gw_self[leaf] += n
         for name in {f for f, _, func in frames if func not in _ROOT_FUNCS}:
             incl_c[name] += n
 
-    def pct(c: Counter[str]) -> list[dict[str, Any]]:
-        return (
-            [{"frame": k, "pct": round(v / total * 100, 1)} for k, v in c.most_common(top)] if total else []
-        )
+    def pct(c: Counter[str], n: int = top) -> list[dict[str, Any]]:
+        return [{"frame": k, "pct": round(v / total * 100, 1)} for k, v in c.most_common(n)] if total else []
 
-    return {"samples": total, "self": pct(self_c), "inclusive": pct(incl_c), "by_package": pct(cat_c)}
+    return {
+        "samples": total,
+        "self": pct(self_c),
+        "inclusive": pct(incl_c),
+        "by_package": pct(cat_c, 100),  # every package: the "why" paragraphs sum them by family
+        "gateway_self": pct(gw_self, 8),
+    }
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -349,6 +360,617 @@ def make_plots(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return plots
 
 
+# -- levers ------------------------------------------------------------------------------------
+
+LEVER_ORDER = (
+    "upstream_transport",
+    "event_loop",
+    "json_library",
+    "codec_json_path",
+    "embeddings_base64",
+    "coalesce_events",
+    "tracing",
+)
+MIN_MARGIN_PCT = 3.0  # never call a difference smaller than this real
+_UNITS = {"cpu_us_per_req": "request", "cpu_us_per_event": "event"}
+_LOAD_LABELS = {
+    "unary_c1": "unary c=1",
+    "unary_c64": "unary c=64",
+    "embeddings_c16": "embeddings c=16",
+    "stream64_c64": "64-event stream c=64",
+    "cadence_64": "20 ms cadence",
+}
+
+
+def _pct(r: float) -> str:
+    return f"{abs(r - 1) * 100:.0f}%"
+
+
+def lever_margin(levers: dict[str, Any]) -> tuple[float, str]:
+    """The noise band (percent) a lever's difference must exceed, and where it comes from."""
+    noise = levers.get("noise") or {}
+    drift = noise.get("drift_pct")
+    if drift is None:
+        return 5.0, "no repeat of the baseline was measured: a 5 % band is assumed"
+    m = max(MIN_MARGIN_PCT, float(drift))
+    return m, (
+        f"the baseline gateway measured twice under unary c=64 ({fmt(noise['first_cpu_us_per_req'], 0)} "
+        f"and {fmt(noise['again_cpu_us_per_req'], 0)} µs per request) drifted {fmt(float(drift), 1)} %; "
+        f"band ±{fmt(m, 1)} % (at least {MIN_MARGIN_PCT:.0f} %)"
+    )
+
+
+def _secondary(load: str, entry: dict[str, Any]) -> str:
+    c, a = entry.get("chosen") or {}, entry.get("alternative") or {}
+    if load == "unary_c1" and c.get("p50_ms") is not None and a.get("p50_ms") is not None:
+        cpu = f"{fmt(entry['ratio'])}x CPU, " if entry.get("ratio") is not None else ""
+        return f"c=1: {cpu}p50 {fmt(c['p50_ms'], 3)} → {fmt(a['p50_ms'], 3)} ms"
+    if entry.get("ratio") is not None:
+        return f"{_LOAD_LABELS.get(load, load)}: {fmt(entry['ratio'])}x CPU per {_UNITS[entry['metric']]}"
+    return ""
+
+
+def _speed(r: float | None, what: str) -> str:
+    """'json_format is 3.1x slower at X' / '1.6x faster at X' from json_format time / codec time."""
+    if r is None:
+        return f"{what}: not measured"
+    if r >= 1:
+        return f"{fmt(r)}x slower at {what}"
+    return f"{fmt(1 / r)}x faster at {what}"
+
+
+def _judge_codec(item: dict[str, Any]) -> tuple[str, str]:
+    cases = dig(item, "codec", "cases") or {}
+    chat, emb = cases.get("chat_response") or {}, cases.get("embeddings_response") or {}
+    rc = dig(chat, "decode", "ratio_json_format_vs_codec")
+    if rc is None:
+        return "n/a", "not measured"
+    speeds = ", ".join(
+        _speed(dig(c, op, "ratio_json_format_vs_codec"), f"{op[:-1]}ing {label}")
+        for c, label in ((chat, "the chat response"), (emb, "embeddings"))
+        for op in ("decode", "encode")
+    )
+    dropped = sum(len(dig(c, "decode", "json_format_dropped") or []) for c in (chat, emb))
+    enc_wrong = [k for k, c in cases.items() if dig(c, "encode", "json_format_differences")]
+    faults = ["reads OpenAI's JSON only after hand adaptation (envelope, oneof unions)"]
+    if dropped:
+        faults.append(f"dropped {dropped} key(s) the codec keeps in `extra`")
+    if enc_wrong:
+        faults.append("writes int64 as strings and unions as their member names")
+    faster_somewhere = any(
+        (dig(c, op, "ratio_json_format_vs_codec") or 2) < 1
+        for c in (chat, emb)
+        for op in ("decode", "encode")
+    )
+    head = (
+        "keep the codec; where json_format is faster its output is not the gateway's mapping"
+        if faster_somewhere
+        else "keep the codec"
+    )
+    return "keep", f"{head}: json_format is {speeds}; it {'; '.join(faults)}"
+
+
+def judge_levers(result: dict[str, Any]) -> None:
+    """Give each lever its primary figure, ratio and one-line verdict (in place)."""
+    levers = result.get("levers") or {}
+    items = levers.get("items") or {}
+    if not items:
+        return
+    margin, why = lever_margin(levers)
+    levers["margin_pct"] = margin
+    levers["margin_source"] = why
+    for key, item in items.items():
+        if key == "codec_json_path":
+            item["verdict_kind"], item["verdict"] = _judge_codec(item)
+            continue
+        if "skipped" in item or "failed" in item:
+            item["verdict_kind"], item["verdict"] = "n/a", item.get("skipped") or item.get("failed", "")
+            continue
+        load = item.get("primary_load")
+        entry = (item.get("loads") or {}).get(load or "", {})
+        r, delta, metric = entry.get("ratio"), entry.get("delta"), entry.get("metric", "cpu_us_per_req")
+        unit = _UNITS.get(metric, "request")
+        if r is None:
+            item["verdict_kind"], item["verdict"] = "n/a", "no figure for one of the two values"
+            continue
+        chosen, alt = item["chosen"], item["alternative"]
+        d_txt = f"{'+' if delta >= 0 else '-'}{fmt(abs(delta), 1)} µs"
+        if item.get("kind") == "cost":
+            if r >= 1 + margin / 100:
+                kind, text = (
+                    "keep",
+                    (
+                        f"{item['env']}={alt} costs {d_txt} per {unit} (+{_pct(r)}): keep {chosen} as "
+                        "the default"
+                    ),
+                )
+            else:
+                kind, text = "noise", f"{alt} costs nothing measurable (within ±{fmt(margin, 1)} %)"
+        elif r >= 1 + margin / 100:
+            kind, text = "keep", f"keep {chosen}: {alt} costs {_pct(r)} more CPU per {unit} ({d_txt})"
+        elif r <= 1 - margin / 100:
+            kind, text = (
+                "reconsider",
+                (f"**reconsider**: {alt} costs {_pct(r)} less CPU per {unit} ({d_txt}) than {chosen}"),
+            )
+        else:
+            kind, text = "noise", f"no difference beyond the noise band (±{fmt(margin, 1)} %): keep {chosen}"
+        extras = [
+            _secondary(ld, e)
+            for ld, e in (item.get("loads") or {}).items()
+            if ld != load and _secondary(ld, e)
+        ]
+        c_sum = entry.get("chosen") or {}
+        if key == "embeddings_base64":
+            fmt_c = c_sum.get("upstream_encoding_format")
+            fmt_a = (entry.get("alternative") or {}).get("upstream_encoding_format")
+            if fmt_c != "base64" or (fmt_a or "").startswith("base64"):
+                extras.append(f"**upstream saw encoding_format {fmt_c} / {fmt_a}: the lever did not switch**")
+        if key == "coalesce_events" and (c_sum.get("events_per_message") or 0) < 1.2:
+            extras.append("events came one per upstream read: nothing to coalesce")
+        if extras:
+            text += "; " + "; ".join(extras)
+        item["verdict_kind"], item["verdict"] = kind, text
+
+
+def _figure(summary: dict[str, Any], metric: str) -> str:
+    v = summary.get(metric)
+    return f"{fmt(v, 1)} µs" if v is not None else NA
+
+
+def lever_rows(result: dict[str, Any]) -> list[str]:
+    levers = result.get("levers") or {}
+    items = levers.get("items") or {}
+    out = [
+        "| lever | setting | chosen | alternative | load | figure | chosen | alternative "
+        "| alternative / chosen | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in LEVER_ORDER:
+        item = items.get(key)
+        if item is None:
+            continue
+        title = f"{item['title']} (`{key}`)"
+        if key == "codec_json_path":
+            dec = dig(item, "codec", "cases", "chat_response", "decode") or {}
+            if not dec:
+                out.append(
+                    f"| {title} | in process | | | | {item.get('codec', {}).get('failed', 'not run')} "
+                    "| | | | |"
+                )
+                continue
+            out.append(
+                f"| {title} | in process (`bench/codec_lever.py`) | {item['chosen_label']} "
+                f"| {item['alternative_label']} | decode the chat response | µs per conversion "
+                f"| {fmt(dec['codec_us'], 1)} µs | {fmt(dec['json_format_us'], 1)} µs "
+                f"| {fmt(dec.get('ratio_json_format_vs_codec'))}x | {item.get('verdict', '')} |"
+            )
+            continue
+        setting = f"`{item['env']}`"
+        chosen = f"`{item['chosen']}`: {item['chosen_label']}"
+        alt = f"`{item['alternative']}`: {item['alternative_label']}"
+        if "skipped" in item or "failed" in item:
+            out.append(f"| {title} | {setting} | {chosen} | {alt} | | | | | | {item.get('verdict', '')} |")
+            continue
+        load = item.get("primary_load", "")
+        e = (item.get("loads") or {}).get(load, {})
+        metric = e.get("metric", "cpu_us_per_req")
+        out.append(
+            f"| {title} | {setting} | {chosen} | {alt} | {_LOAD_LABELS.get(load, load)} "
+            f"| gateway CPU per {_UNITS.get(metric, 'request')} | {_figure(e.get('chosen') or {}, metric)} "
+            f"| {_figure(e.get('alternative') or {}, metric)} | {fmt(e.get('ratio'))}x "
+            f"| {item.get('verdict', '')} |"
+        )
+    return out
+
+
+def lever_detail_rows(result: dict[str, Any]) -> list[str]:
+    items = dig(result, "levers", "items") or {}
+    out = [
+        "| lever | load | value | gateway CPU µs per req (event) | throughput | p50 / p99 ms "
+        "| events per message | gateway CPU % | other processes % | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in LEVER_ORDER:
+        item = items.get(key) or {}
+        for load, e in (item.get("loads") or {}).items():
+            for side in ("chosen", "alternative"):
+                sm = e.get(side) or {}
+                value = f"`{item[side]}`" + (" (chosen)" if side == "chosen" else "")
+                if not sm or "failed" in sm:
+                    out.append(f"| `{key}` | {load} | {value} | {sm.get('failed', 'not run')} | | | | | | |")
+                    continue
+                per = fmt(sm.get("cpu_us_per_req"), 0)
+                if sm.get("cpu_us_per_event") is not None:
+                    per = f"{per} ({fmt(sm['cpu_us_per_event'], 1)})"
+                if load == "cadence_64":
+                    thr = f"{fmt(sm.get('events_per_s'))} ev/s of {fmt(sm.get('expected_events_per_s'))}"
+                    lat = (
+                        f"gap p99 {fmt(sm.get('gap_p99_ms'))} / max {fmt(sm.get('gap_max_ms'))}"
+                        f"{'' if sm.get('pass') else ' (**fails** the step rule)'}"
+                    )
+                elif sm.get("events_per_s") is not None:
+                    thr = f"{fmt(sm.get('rps'))} streams/s, {fmt(sm.get('events_per_s'))} ev/s"
+                    lat = f"{fmt(sm.get('p50_ms'), 3)} / {fmt(sm.get('p99_ms'), 3)}"
+                else:
+                    thr = f"{fmt(sm.get('rps'))} req/s"
+                    lat = f"{fmt(sm.get('p50_ms'), 3)} / {fmt(sm.get('p99_ms'), 3)}"
+                    if sm.get("upstream_encoding_format"):
+                        thr += f"; upstream encoding_format: {sm['upstream_encoding_format']}"
+                out.append(
+                    f"| `{key}` | {load} | {value} | {per} | {thr} | {lat} | "
+                    f"{fmt(sm.get('events_per_message'))} "
+                    f"| {fmt(sm.get('middle_cpu_pct'), 0)} | {fmt(sm.get('other_processes_pct'), 0)} "
+                    f"| {sm.get('errors')} |"
+                )
+    return out
+
+
+def codec_rows(item: dict[str, Any]) -> list[str]:
+    cases = dig(item, "codec", "cases") or {}
+    out = [
+        "| conversion | codec µs | json_format µs | json_format / codec | what json_format needed or "
+        "got wrong |",
+        "|---|---|---|---|---|",
+    ]
+    for key, c in cases.items():
+        dec, enc = c["decode"], c["encode"]
+        dropped = dec.get("json_format_dropped") or []
+        note = f"input adapted first ({fmt(dec['adapt_us'], 1)} µs, not counted)"
+        if dropped:
+            note += f"; dropped {len(dropped)} key(s) the codec keeps in `extra`: {', '.join(dropped[:4])}"
+        if not dec.get("same_message_apart_from_extra"):
+            note += "; **the two messages differ beyond `extra`**"
+        out.append(
+            f"| decode: {c['name']} | {fmt(dec['codec_us'], 1)} | {fmt(dec['json_format_us'], 1)} "
+            f"| {fmt(dec.get('ratio_json_format_vs_codec'))}x | {note} |"
+        )
+        diffs = enc.get("json_format_differences") or []
+        enote = "output is not OpenAI's JSON: " + "; ".join(f"`{d}`" for d in diffs[:3]) if diffs else "same"
+        if not enc.get("codec_gives_openai_json"):
+            enote += "; (the codec's own output also differs from the input)"
+        out.append(
+            f"| encode: {key.replace('_', ' ')} message → dict | {fmt(enc['codec_us'], 1)} "
+            f"| {fmt(enc['json_format_us'], 1)} | {fmt(enc.get('ratio_json_format_vs_codec'))}x | {enote} |"
+        )
+    return out
+
+
+# -- why a target was missed ---------------------------------------------------------------------
+
+_CLIENT = {
+    "aiohttp", "httpx", "httpx_aiohttp", "httpcore", "h11", "anyio", "yarl", "multidict",
+    "aiohappyeyeballs", "sniffio", "idna", "propcache", "frozenlist", "aiosignal",
+}  # fmt: skip
+FAMILIES: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("gRPC core and event loop (native)", lambda c: c.startswith("native") or c in ("grpc", "<string>")),
+    ("upstream HTTP client (aiohttp, httpx, httpx-aiohttp)", lambda c: c in _CLIENT),
+    ("gateway code", lambda c: c.startswith("gateway code")),
+    ("telemetry (OpenTelemetry, logging)", lambda c: c in ("opentelemetry", "stdlib logging")),
+    ("protobuf and JSON", lambda c: c in ("google", "orjson", "stdlib json")),
+    ("asyncio and other stdlib", lambda c: c.startswith("stdlib")),
+)
+_NEXT = {
+    "gRPC core and event loop (native)": "it is grpc's C core and the loop, a fixed cost per RPC and per "
+    "message: Python changes do not reach it; fewer messages per call (coalescing, trailers-only "
+    "answers) or more processes (`--workers`) do",
+    "upstream HTTP client (aiohttp, httpx, httpx-aiohttp)": "call aiohttp directly on the hot paths "
+    "(httpx's request/response objects and the httpx-aiohttp adapter are pure overhead there) and "
+    "build each credential's headers once",
+    "gateway code": "work through its top self frames ({frames}); per-route work that does not "
+    "depend on the request (plans, header sets, attribute dicts) can be computed once",
+    "telemetry (OpenTelemetry, logging)": "record metrics with pre-built attribute sets per "
+    "route/model, or count in plain integers and let the metric reader collect them",
+    "protobuf and JSON": "keep message building in C (extend repeated fields in one call, "
+    "avoid per-field setattr on hot messages)",
+    "asyncio and other stdlib": "fewer tasks, futures and context managers per call",
+    "other": "look at the raw stacks in the log directory",
+}
+
+
+def families(prof: dict[str, Any]) -> list[tuple[str, float]]:
+    sums: dict[str, float] = {}
+    for item in prof.get("by_package") or []:
+        cat = item["frame"]
+        name = next((n for n, test in FAMILIES if test(cat)), "other")
+        sums[name] = sums.get(name, 0.0) + item["pct"]
+    return sorted(sums.items(), key=lambda kv: -kv[1])
+
+
+def _slices(prof: dict[str, Any], per: float | None, unit: str) -> str:
+    parts = []
+    for name, pct in families(prof)[:5]:
+        us = f" ≈ {fmt(per * pct / 100, 0 if per * pct / 100 >= 10 else 1)} µs" if per else ""
+        parts.append(f"{name} {fmt(pct, 1)} %{us}")
+    return "; ".join(parts) + (f" (share of samples x CPU per {unit})" if per else "")
+
+
+def _next_from_profile(prof: dict[str, Any], per: float | None, unit: str) -> str:
+    """The largest slice the gateway can change, with the action for it."""
+    fams = families(prof)
+    if not fams:
+        return ""
+    top_native = next(((n, p) for n, p in fams if n.startswith("gRPC core")), None)
+    ours = [(n, p) for n, p in fams if not n.startswith("gRPC core") and n != "other"]
+    frames = ", ".join(f"`{f['frame']}` {fmt(f['pct'], 1)} %" for f in (prof.get("gateway_self") or [])[:3])
+    txt = ""
+    if ours:
+        n, p = ours[0]
+        us = f" (≈ {fmt(per * p / 100, 0)} µs per {unit})" if per else ""
+        action = _NEXT[n].format(frames=frames)
+        txt = f"the largest slice the gateway controls is {n} at {fmt(p, 1)} %{us}: {action}"
+        if len(ours) > 1:
+            n2, p2 = ours[1]
+            txt += f"; then {n2} at {fmt(p2, 1)} %: {_NEXT[n2].format(frames=frames)}"
+    if top_native:
+        n, p = top_native
+        txt += f". The native part ({fmt(p, 1)} %) stays: {_NEXT[n]}"
+    return txt
+
+
+def _lever_fig(result: dict[str, Any], key: str, load: str) -> dict[str, Any]:
+    return dig(result, "levers", "items", key, "loads", load) or {}
+
+
+def _lever_savings(result: dict[str, Any], load: str, metric_unit: str) -> str:
+    """What the chosen lever values save against their alternatives, under `load`."""
+    parts = []
+    for key in LEVER_ORDER:
+        e = _lever_fig(result, key, load)
+        if e.get("delta") is None:
+            continue
+        item = dig(result, "levers", "items", key)
+        parts.append(
+            f"{item['env']}={item['alternative']} {'+' if e['delta'] >= 0 else '-'}"
+            f"{fmt(abs(e['delta']), 1)} µs ({fmt(e['ratio'])}x)"
+        )
+    if not parts:
+        return ""
+    return (
+        f"Switching one lever to its alternative changes CPU per {metric_unit} by: " + ", ".join(parts) + "."
+    )
+
+
+class _Why:
+    """The "why and next step" paragraph of each missed target, from this run's numbers."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        self.r = result
+        self.s = result["scenarios"]
+        self.prof = result.get("profile") or {}
+        self.prof_s = result.get("profile_stream") or {}
+        self.cpu64 = self.val("unary_c64", "gateway", "derived", "middle_cpu_us_per_req")
+        self.ev64 = self.val("stream64_c64", "gateway", "derived", "middle_cpu_us_per_event")
+
+    def val(self, key: str, path: str, *f: str) -> Any:
+        return dig(self.s, key, "paths", path, *f)
+
+    def next_unary(self) -> str:
+        if not self.prof.get("samples"):
+            return "profile the unary load (this run has no profile)"
+        return _next_from_profile(self.prof, self.cpu64, "request")
+
+    def latency(self, t: dict[str, Any]) -> str:
+        q = "p50" if "p50" in t["name"] else "p99"
+        g = self.val("unary_c1", "gateway", "loadgen", "latency_ms") or {}
+        d = self.val("unary_c1", "direct", "loadgen", "latency_ms") or {}
+        cpu1 = self.val("unary_c1", "gateway", "derived", "middle_cpu_us_per_req")
+        lg_g = self.val("unary_c1", "gateway", "derived", "loadgen_cpu_us_per_req")
+        lg_d = self.val("unary_c1", "direct", "derived", "loadgen_cpu_us_per_req")
+        added = t["measured"]
+        txt = (
+            f"A c=1 call takes {fmt(g.get(q), 3)} ms at {q} through the gateway against "
+            f"{fmt(d.get(q), 3)} ms "
+            f"direct. The gateway spends {fmt(cpu1, 0)} µs of CPU per call at c=1"
+        )
+        if cpu1 and added:
+            txt += f", {fmt(min(100.0, cpu1 / 10 / added), 0)} % of the {fmt(added, 3)} ms added"
+        if lg_g and lg_d:
+            txt += (
+                f"; the load generator's gRPC client costs {fmt(lg_g, 0)} µs per call against "
+                f"{fmt(lg_d, 0)} µs "
+                "for the direct aiohttp client; the rest is the second loopback hop and its wake-ups"
+            )
+        txt += "."
+        if q == "p99" and g.get("p99") and d.get("p99"):
+            txt += (
+                f" The tail (p99 - p50) is {fmt(g['p99'] - g['p50'], 3)} ms through the gateway against "
+                f"{fmt(d['p99'] - d['p50'], 3)} ms direct."
+            )
+        lat = []
+        for key in ("upstream_transport", "event_loop", "json_library", "tracing"):
+            e = _lever_fig(self.r, key, "unary_c1")
+            c, a = e.get("chosen") or {}, e.get("alternative") or {}
+            if c.get(f"{q}_ms") is not None and a.get(f"{q}_ms") is not None:
+                item = dig(self.r, "levers", "items", key)
+                diff = a[f"{q}_ms"] - c[f"{q}_ms"]
+                lat.append(
+                    f"{item['env']}={item['alternative']} {'+' if diff >= 0 else '-'}{fmt(abs(diff), 3)} ms"
+                )
+        if lat:
+            txt += (
+                f" Levers at c=1 ({q} with the alternative minus with the chosen value): "
+                + ", ".join(lat)
+                + "."
+            )
+        goal_us = t["target"] * 1000
+        if cpu1 and cpu1 > goal_us:
+            nxt = (
+                f"the gateway's own CPU per call ({fmt(cpu1, 0)} µs) is already over the "
+                f"{fmt(goal_us, 0)} µs "
+                f"budget, so cutting CPU per call comes first: {self.next_unary()}"
+            )
+        else:
+            nxt = (
+                "the gateway's CPU fits the budget: the rest is the hop itself (client stub, loopback, "
+                "wake-ups); a Unix socket between client and gateway would show how much of it is TCP"
+            )
+        return f"{txt} **Next step:** {nxt}."
+
+    def cpu(self, t: dict[str, Any]) -> str:
+        rps = self.val("unary_c64", "gateway", "loadgen", "rps")
+        cpu_pct = self.val("unary_c64", "gateway", "processes", "middle", "cpu_pct")
+        txt = (
+            f"At c=64 the gateway serves {fmt(rps, 0)} req/s at {fmt(cpu_pct, 0)} % of its core, "
+            f"{fmt(self.cpu64, 0)} µs per call; the target needs {fmt(t['measured'] - t['target'], 0)} µs "
+            f"({fmt((1 - t['target'] / t['measured']) * 100, 0)} %) less."
+        )
+        if self.prof.get("samples"):
+            txt += (
+                f" The py-spy profile of this load ({self.prof['samples']} samples) splits it: "
+                f"{_slices(self.prof, self.cpu64, 'request')}."
+            )
+        sav = _lever_savings(self.r, "unary_c64", "request")
+        if sav:
+            txt += " " + sav
+        return f"{txt} **Next step:** {self.next_unary()}."
+
+    def stream(self, t: dict[str, Any]) -> str:
+        eps = self.val("stream64_c64", "gateway", "loadgen", "events_per_s")
+        mps = self.val("stream64_c64", "gateway", "loadgen", "messages_per_s")
+        cpu_pct = self.val("stream64_c64", "gateway", "processes", "middle", "cpu_pct")
+        txt = (
+            f"At c=64 the gateway relays {fmt(eps, 0)} events/s at {fmt(cpu_pct, 0)} % of its core"
+            + (f", {fmt(eps / mps)} events per gRPC message" if eps and mps else "")
+            + f": {fmt(self.ev64, 1)} µs per event."
+        )
+        e = _lever_fig(self.r, "coalesce_events", "stream64_c64")
+        if e.get("ratio"):
+            txt += (
+                f" One message per event costs {_figure(e['alternative'], 'cpu_us_per_event')} per event "
+                f"({fmt(e['ratio'])}x the coalesced figure)."
+            )
+        if self.prof_s.get("samples"):
+            txt += (
+                f" The py-spy profile of this load ({self.prof_s['samples']} samples) splits it: "
+                f"{_slices(self.prof_s, self.ev64, 'event')}."
+            )
+            nxt = _next_from_profile(self.prof_s, self.ev64, "event")
+        else:
+            nxt = "profile the stream load (this run has no stream profile)"
+        return f"{txt} **Next step:** {nxt}."
+
+    def cadence(self, t: dict[str, Any]) -> str:
+        steps = self.val("cadence_max_streams", "gateway", "steps") or []
+        fail = next((st for st in steps if not st.get("pass") and "gap_ms" in st), None)
+        ok = [st for st in steps if st.get("pass")]
+        per_stream = 1000.0 / (dig(self.s, "cadence_max_streams", "params", "gap_ms") or 20.0)
+        ref = fail or (ok[-1] if ok else None)
+        us = ref.get("middle_cpu_us_per_event") if ref else None
+        txt = ""
+        if fail:
+            txt = (
+                f"At {fail['streams']} streams ({fmt(fail['expected_events_per_s'], 0)} events/s "
+                "nominal) the "
+                f"gateway delivered {fmt(fail['events_per_s'], 0)} events/s with "
+                f"{fmt(fail['cpu_pct'].get('middle'), 0)} % of its core, gap p99 "
+                f"{fmt(fail['gap_ms']['p99'])} ms, "
+                f"max {fmt(fail['gap_ms']['max'])} ms; saturated: "
+                f"{', '.join(fail.get('saturated') or []) or 'nothing at 90 %+'}."
+            )
+        if us:
+            cap = 1e6 / (us * per_stream)
+            need = 1e6 / (t["target"] * per_stream)
+            txt += (
+                f" At this cadence every event travels alone ({fmt(us, 1)} µs of gateway CPU per "
+                "event), so one "
+                f"core holds at most ≈ {fmt(cap, 0)} streams; {fmt(t['target'], 0)} streams need ≤ "
+                f"{fmt(need, 1)} µs per event."
+            )
+        burst = _lever_fig(self.r, "coalesce_events", "stream64_c64")
+        alone = (burst.get("alternative") or {}).get("cpu_us_per_event")
+        if us and self.ev64:
+            txt += (
+                f" That is {fmt(us / self.ev64, 1)}x the burst figure "
+                f"({fmt(self.ev64, 1)} µs per event coalesced"
+                + (f", {fmt(alone, 1)} µs with one message per event" if alone else "")
+                + "): at a 20 ms cadence each upstream read, SSE parse, gRPC message and loop wake-up "
+                "carries a single event."
+            )
+        e = _lever_fig(self.r, "coalesce_events", "cadence_64")
+        if e.get("ratio"):
+            txt += (
+                f" Coalescing cannot help here: the lever measured {fmt(e['ratio'])}x at the 20 ms cadence."
+            )
+        if self.prof_s.get("samples"):
+            txt += (
+                " Where per-event time goes under the burst stream load (the profiled one): "
+                f"{_slices(self.prof_s, None, 'event')}."
+            )
+            nxt = _next_from_profile(self.prof_s, None, "event")
+        else:
+            nxt = "profile the stream load (this run has no stream profile)"
+        if us and (dig(self.r, "gateway", "workers") or 1) == 1:
+            nxt += (
+                f"; meanwhile `--workers N` multiplies the capacity (≈ {fmt(1e6 / (us * per_stream), 0)} "
+                "streams per worker process and core)"
+            )
+        return f"{txt.strip()} **Next step:** {nxt}."
+
+    def rss(self, t: dict[str, Any]) -> str:
+        dd = self.val("rss_per_stream", "gateway", "derived") or {}
+        txt = (
+            f"With {fmt(self.val('rss_per_stream', 'gateway', 'loadgen', 'opened'))} streams open RSS "
+            "grew from "
+            f"{fmt((dd.get('rss_base_kb') or 0) / 1024, 1)} to "
+            f"{fmt((dd.get('rss_held_kb') or 0) / 1024, 1)} MiB "
+            f"({fmt(dd.get('rss_per_stream_kib'), 1)} KiB each)."
+        )
+        return (
+            f"{txt} **Next step:** find the per-stream buffers (upstream read size, grpc's per-call buffers) "
+            "with a heap snapshot while the streams are held."
+        )
+
+    def litellm(self, t: dict[str, Any]) -> str:
+        g_rps = self.val("unary_c64", "gateway", "loadgen", "rps")
+        l_rps = self.val("unary_c64", "litellm", "loadgen", "rps")
+        g_cpu = self.val("unary_c64", "gateway", "processes", "middle", "cpu_pct")
+        l_cpu = self.val("unary_c64", "litellm", "processes", "middle", "cpu_pct")
+        l_us = self.val("unary_c64", "litellm", "derived", "middle_cpu_us_per_req")
+        ratio = l_us / self.cpu64 if l_us and self.cpu64 else None
+        txt = (
+            f"Both are one process at c=64: the gateway at {fmt(g_cpu, 0)} % of its core ({fmt(g_rps, 0)} "
+            f"req/s), LiteLLM at {fmt(l_cpu, 0)} % ({fmt(l_rps, 0)} req/s). Both are CPU-bound, so "
+            "throughput "
+            f"follows CPU per call: LiteLLM {fmt(l_us, 0)} µs / gateway {fmt(self.cpu64, 0)} µs = "
+            f"{fmt(ratio)}x (measured throughput ratio {fmt(t['measured'])}x)."
+        )
+        nxt = "the CPU-per-call work"
+        if l_us:
+            nxt = (
+                f"{fmt(t['target'], 0)}x needs the gateway at ≤ {fmt(l_us / t['target'], 0)} µs per "
+                "call; the "
+                f"400 µs CPU target alone would give ≈ {fmt(l_us / 400, 1)}x. It is the CPU-per-call work: "
+                f"{self.next_unary()}"
+            )
+        return f"{txt} **Next step:** {nxt}."
+
+    def paragraph(self, t: dict[str, Any]) -> str:
+        src, name = t["source"], t["name"]
+        if "LiteLLM" in name:
+            return self.litellm(t)
+        handler = {
+            "unary_c1": self.latency,
+            "unary_c64": self.cpu,
+            "stream64_c64": self.stream,
+            "cadence_max_streams": self.cadence,
+            "rss_per_stream": self.rss,
+        }.get(src)
+        return handler(t) if handler else ""
+
+
+def why_next(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """For each missed target: why (from this run's numbers and the profiles) and the next step."""
+    why = _Why(result)
+    out = []
+    for t in result.get("targets") or []:
+        if t.get("verdict") == "missed":
+            text = why.paragraph(t)
+            if text:
+                out.append((t["name"], text))
+    return out
+
+
 # -- markdown ----------------------------------------------------------------------------------
 
 
@@ -466,6 +1088,100 @@ def _primary_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _profile_section(prof: dict[str, Any], title: str) -> list[str]:
+    out = [f"## Where the gateway spends its CPU ({title})", ""]
+    if "samples" not in prof:
+        return [*out, f"Not profiled: {prof.get('skipped', 'not run')}.", ""]
+    rate = (
+        f"{fmt(prof.get('events_per_s_under_profiler'))} events/s"
+        if prof.get("events_per_s_under_profiler")
+        else f"{fmt(prof.get('rps_under_profiler'))} req/s"
+    )
+    out.append(
+        f"{prof['tool']}; {prof['samples']} samples of the gateway's Python threads while it served {rate} "
+        f"at {fmt(prof.get('middle_cpu_pct_under_profiler'), 0)} % of its core. Native gRPC core threads are "
+        "not sampled. Shares are of the samples taken. A coroutine resumed by the (C) event loop starts "
+        "a new "
+        "Python stack, so inclusive shares of async frames are lower bounds; the leaf columns are exact."
+    )
+    out.append("")
+    fams = families(prof)
+    if fams:
+        out.append("By family (leaf frames): " + "; ".join(f"{n} {fmt(p, 1)} %" for n, p in fams) + ".")
+        out.append("")
+    out.append("| by package (leaf frame) | % | | self (leaf) frame | % | | inclusive frame | % |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    rows = max(len(prof["by_package"]), len(prof["self"]), len(prof["inclusive"]))
+    for i in range(min(rows, 15)):
+        cells = []
+        for col in ("by_package", "self", "inclusive"):
+            item = dig(prof, col, i)
+            cells.append(f"{item['frame']} | {item['pct']}" if item else " | ")
+        out.append("| " + " | | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _levers_section(result: dict[str, Any]) -> list[str]:
+    lv = result.get("levers") or {}
+    out = ["## Levers", ""]
+    if "items" not in lv:
+        out += [f"Not measured: {lv.get('skipped', 'not run')}.", ""]
+    else:
+        p = lv.get("params", {})
+        out.append(
+            'Each setting measured both ways, as "before/after" = chosen value (the gateway\'s default) '
+            "against the alternative. Every value runs in a fresh gateway process, pinned like the main one "
+            f"({'CPU ' + str(p['pinned_cpus']) if p.get('pinned_cpus') else 'not pinned'}), "
+            + (
+                f"warmed {fmt(p.get('gateway_warmup_s'), 1)} s under unary c=64"
+                if p.get("gateway_warmup_s")
+                else "not warmed up (quick mode)"
+            )
+            + ", then each load with the usual "
+            f"{fmt(p.get('warmup_s'), 1)} s warm-up and {fmt(p.get('duration_s'), 1)} s window. The baseline "
+            "process (every lever at its chosen value) is measured once and shared by the levers; "
+            f"{lv.get('margin_source', '')}. Differences inside that band are called noise. "
+            f"The group took {fmt(lv.get('elapsed_s'), 0)} s."
+        )
+        out.append("")
+        out.extend(lever_rows(result))
+        out.append("")
+        out.append(
+            "Loads: " + "; ".join(f"{k}: {v['what']}" for k, v in (p.get("loads") or {}).items()) + "."
+        )
+        out.append("")
+        out.append("### Every lever point")
+        out.append("")
+        out.extend(lever_detail_rows(result))
+        out.append("")
+        codec_item = (lv.get("items") or {}).get("codec_json_path") or {}
+        cd = codec_item.get("codec") or {}
+        out.append("### Codec JSON path (in process, `codec_json_path`)")
+        out.append("")
+        if "cases" in cd:
+            out.append(
+                f"{cd['tool']}, protobuf backend `{cd['protobuf_backend']}`, pinned to CPU "
+                f"{cd.get('pinned_cpus') or 'any'} with nothing else running. Both sides start from the same "
+                f"parsed dicts. {cd['adaptation']}."
+            )
+            out.append("")
+            out.extend(codec_rows(codec_item))
+        else:
+            out.append(f"Not measured: {cd.get('failed', 'not run')}.")
+        out.append("")
+    whys = why_next(result)
+    out.append("### Missed targets: why, and the next step")
+    out.append("")
+    if not whys:
+        out.append("No target was missed in this run.")
+        out.append("")
+    for name, text in whys:
+        out.append(f"**{name}.** {text}")
+        out.append("")
+    return out
+
+
 def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict[str, Path]) -> str:
     s = result["scenarios"]
     m = result["machine"]
@@ -481,7 +1197,15 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
         f"Generated by `{result['command']}` on {result['date']} ({result['elapsed_s']} s"
         f"{', QUICK mode: tiny loads, not meaningful numbers' if result['quick'] else ''}). "
         f"Do not edit by hand; raw data: [{json_path.name}]({_rel(json_path, md_path)}). "
-        "How to run it: [bench/README.md](" + _rel(Path(__file__).parent / "README.md", md_path) + ")."
+        "How to run it: [bench/README.md]("
+        + _rel(Path(__file__).parent / "README.md", md_path)
+        + ")."
+        + (
+            f" The report text was rendered again from that JSON on {result['rendered']['at']} "
+            f"(`{result['rendered']['by']}`); no number was measured again."
+            if result.get("rendered")
+            else ""
+        )
     )
     add("")
     add(
@@ -502,6 +1226,7 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
     add("")
     out.extend(_primary_rows(result))
     add("")
+    out.extend(_levers_section(result))
     settings = ", ".join(f"{k}={x}" for k, x in (dig(result, "gateway", "settings_env") or {}).items())
     add("## Machine and set-up")
     add("")
@@ -698,30 +1423,9 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
             f"{lg['errors']} |"
         )
     add("")
-    # profile
-    prof = result.get("profile") or {}
-    add("## Where the gateway spends its CPU (unary chat, c=64)")
-    add("")
-    if "samples" not in prof:
-        add(f"Not profiled: {prof.get('skipped', 'not run')}.")
-    else:
-        add(
-            f"{prof['tool']}; {prof['samples']} samples of the gateway's Python threads while it served "
-            f"{fmt(prof.get('rps_under_profiler'))} req/s. Native gRPC core threads are not sampled. "
-            "Shares are of the samples taken. A coroutine resumed by the (C) event loop starts a new "
-            "Python stack, so inclusive shares of async frames are lower bounds; the leaf columns are exact."
-        )
-        add("")
-        add("| by package (leaf frame) | % | | self (leaf) frame | % | | inclusive frame | % |")
-        add("|---|---|---|---|---|---|---|---|")
-        rows = max(len(prof["by_package"]), len(prof["self"]), len(prof["inclusive"]))
-        for i in range(min(rows, 15)):
-            cells = []
-            for col in ("by_package", "self", "inclusive"):
-                item = dig(prof, col, i)
-                cells.append(f"{item['frame']} | {item['pct']}" if item else " | ")
-            add("| " + " | | ".join(cells) + " |")
-    add("")
+    # profiles
+    for key, title in (("profile", "unary chat, c=64"), ("profile_stream", "64-event chat stream, c=64")):
+        out.extend(_profile_section(result.get(key) or {}, title))
     add("## How it was measured")
     add("")
     add(
@@ -743,12 +1447,51 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
         "CPU per request = CPU seconds / (requests/s x window). RSS is VmRSS of /proc/<pid>/status."
     )
     add("* While one path is measured the other middle process is paused (SIGSTOP), so it takes no CPU.")
-    add("* Benchmarks never gate CI; the smoke test only checks that a quick run produces every scenario.")
+    add(
+        "* Benchmarks never gate CI; the smoke test only checks that a quick run produces every scenario "
+        "and every lever."
+    )
     add("")
-    if result.get("notes"):
+    lever_notes = dig(result, "levers", "notes") or []
+    if result.get("notes") or lever_notes:
         add("## Notes")
         add("")
-        for n in result["notes"]:
+        for n in result.get("notes") or []:
             add(f"* {n}")
+        for n in lever_notes:
+            add(f"* Levers: {n}")
         add("")
     return "\n".join(out)
+
+
+def rerender(json_path: Path, md_path: Path) -> None:
+    """Verdicts and markdown again from a results JSON (after a change to this file): the
+    measured numbers are left as they are."""
+    result = json.loads(json_path.read_text())
+    result["targets"] = evaluate_targets(result)
+    judge_levers(result)
+    result["rendered"] = {
+        "by": "python -m bench.report",
+        "at": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    plots = {k: Path(v) for k, v in (result.get("plots") or {}).items()}
+    md_path.write_text(markdown(result, md_path, json_path, plots))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.report", description="Render the report again from a results JSON."
+    )
+    ap.add_argument("json_path", type=Path, help="bench/results/<date>.json")
+    ap.add_argument(
+        "--docs-out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    )
+    args = ap.parse_args(argv)
+    rerender(args.json_path, args.docs_out)
+    print(f"[bench] rendered {args.docs_out} from {args.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

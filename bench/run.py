@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import litellm_env, procs, report
+from bench import levers, litellm_env, procs, report
 from bench.procs import Proc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +85,15 @@ class Plan:
     gateway_warmup: float = 10.0
     profile_seconds: float = 8.0
     settle: float = 1.0  # pauses around marks; the fake gets 2x this to see disconnects
+    # Levers: one fresh gateway per setting value, warmed like the main one but shorter.
+    lever_gateway_warmup: float = 8.0
+    lever_warmup: float = 2.0  # per point: the same as `warmup` / `duration` in a full run
+    lever_duration: float = 8.0
+    lever_repeat: bool = True  # the baseline measured again at the end: the noise band
+    lever_all_loads: bool = True  # quick: only each lever's primary load
+    lever_cadence_streams: int = 64
+    codec_repeat: int = 5
+    codec_min_time: float = 0.2
 
 
 FULL = Plan()
@@ -105,6 +114,14 @@ QUICK = Plan(
     gateway_warmup=0.5,
     profile_seconds=0.0,
     settle=0.25,
+    lever_gateway_warmup=0.0,  # no warm-up point: each lever gateway goes straight to its load
+    lever_warmup=0.1,
+    lever_duration=0.3,
+    lever_repeat=False,
+    lever_all_loads=False,
+    lever_cadence_streams=16,
+    codec_repeat=2,
+    codec_min_time=0.01,
 )
 
 
@@ -259,20 +276,26 @@ class Bench:
     async def start_gateway(self) -> None:
         self.gateway_flags = self.gateway_supports()
         workers = int(self.args.gateway_workers)
-        argv = [self.py, "-m", "openai_grpc_server", "--port", "0"]
-        if self.gateway_flags["workers"]:
-            argv += ["--workers", str(workers)]  # explicit, so a changed default cannot skew the figures
-        elif workers > 1:
+        if not self.gateway_flags["workers"] and workers > 1:
             self.notes.append(
                 f"--gateway-workers {workers} was asked for, but the gateway has no --workers flag yet: "
                 "ran one gateway process."
             )
             workers = 1
         self.gateway_workers = workers
+        await self.launch_gateway("gateway", {}, "gateway.log")
+
+    async def launch_gateway(self, name: str, settings: dict[str, str], log_name: str) -> Proc:
+        """Start a gateway process as path `name` (pinned like the main one), with the
+        --gateway-env settings and then `settings` on top."""
+        workers = self.gateway_workers
         port = procs.free_port()
-        argv[argv.index("--port") + 1] = str(port)
+        argv = [self.py, "-m", "openai_grpc_server", "--port", str(port)]
+        if self.gateway_flags["workers"]:
+            argv += ["--workers", str(workers)]  # explicit, so a changed default cannot skew the figures
         env = self.clean_env()
         env.update(self.gateway_env)
+        env.update(settings)
         env.update(
             OPENAI_API_KEY=GATEWAY_KEY,
             OPENAI_BASE_URL=self.fake_base,
@@ -281,11 +304,23 @@ class Bench:
         )
         # More than one worker process cannot live on one pinned core.
         cpus = self.cpu_mid if workers == 1 else None
-        gw = Proc("gateway", argv, env=env, cpus=cpus, log_path=self.log_dir / "gateway.log", cwd=REPO)
+        gw = Proc(name, argv, env=env, cpus=cpus, log_path=self.log_dir / log_name, cwd=REPO)
         gw.start()
-        self.procs["gateway"] = gw
-        await procs.wait_port(port, gw, 60)
-        self.paths["gateway"] = PathInfo("gateway", "grpc", f"127.0.0.1:{port}", "", gw)
+        self.procs[name] = gw
+        try:
+            await procs.wait_port(port, gw, 60)
+        except RuntimeError:
+            self.stop_middle(name)
+            raise
+        self.paths[name] = PathInfo(name, "grpc", f"127.0.0.1:{port}", "", gw)
+        return gw
+
+    def stop_middle(self, name: str) -> None:
+        """Stop a middle process started after the others (a lever's gateway) and forget it."""
+        proc = self.procs.pop(name, None)
+        self.paths.pop(name, None)
+        if proc is not None:
+            proc.stop()
 
     async def start_litellm(self) -> None:
         if self.args.no_litellm:
@@ -367,10 +402,9 @@ class Bench:
         await self.fake_post("/_fake/config", {"chunks": events - 2, "gap_ms": gap_ms})
 
     def select(self, path: str) -> None:
-        """Only the middle process of `path` runs; the other is paused."""
-        for name in ("gateway", "litellm"):
-            p = self.procs.get(name)
-            if p is None:
+        """Only the middle process of `path` runs; the others are paused."""
+        for name, p in self.procs.items():
+            if name == "upstream":
                 continue
             if name == path:
                 p.resume()
@@ -811,15 +845,15 @@ class Bench:
             scen["paths"][path] = r
         return scen
 
-    async def profile(self) -> dict[str, Any]:
-        """py-spy on the gateway under the unary c=64 load (collapsed stacks, top costs)."""
+    async def profile(self, mode: str = "unary", what: str = "unary-c64") -> dict[str, Any]:
+        """py-spy on the gateway under the c=64 load of `mode` (collapsed stacks, top costs)."""
         p = self.plan
         spy = shutil.which("py-spy") or str(Path(self.py).parent / "py-spy")
         if not os.path.exists(spy):  # noqa: ASYNC240 - one stat before the point
             return {"skipped": "py-spy is not installed (pip install py-spy)"}
         gw = self.paths["gateway"].proc
         assert gw is not None
-        out_file = self.log_dir / "gateway-unary-c64.pyspy.txt"
+        out_file = self.log_dir / f"gateway-{what}.pyspy.txt"
         holder: dict[str, asyncio.subprocess.Process] = {}
 
         async def begin() -> Any:
@@ -848,8 +882,8 @@ class Bench:
 
         r = await self.point(
             "gateway",
-            "profile",
-            "unary",
+            f"profile-{what}",
+            mode,
             concurrency=p.c_high,
             warmup=p.warmup,
             duration=p.profile_seconds + 1.5,
@@ -862,7 +896,10 @@ class Bench:
         if spy_proc.returncode != 0 or not out_file.exists():
             return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-400:]}"}
         summary = report.summarize_collapsed(out_file.read_text())
+        summary["load"] = f"{mode}, concurrency {p.c_high}"
         summary["rps_under_profiler"] = r.get("loadgen", {}).get("rps")
+        summary["events_per_s_under_profiler"] = r.get("loadgen", {}).get("events_per_s")
+        summary["middle_cpu_pct_under_profiler"] = r.get("processes", {}).get("middle", {}).get("cpu_pct")
         summary["raw_file"] = str(out_file)
         summary["tool"] = "py-spy record --rate 200 --nonblocking (Python frames only)"
         return summary
@@ -922,9 +959,18 @@ class Bench:
             await self.fake_stream_config(p.stream_events, 0.0)
             s["stream64_c1"] = await self.simple("stream64_c1", "stream", p.c_low, events=p.stream_events)
             s["stream64_c64"] = await self.simple("stream64_c64", "stream", p.c_high, events=p.stream_events)
+            prof_stream: dict[str, Any] = (
+                {"skipped": "quick mode"} if self.quick or self.args.no_profile else {}
+            )
+            if not prof_stream:
+                prof_stream = await self.profile("stream", "stream64-c64")
             s["cadence_max_streams"] = await self.cadence()
             s["upload_256mib"] = await self.upload()
             s["cancellations_1000"] = await self.cancellations()
+            # Before rss_per_stream: LiteLLM's held streams would keep the fake busy afterwards.
+            levers_result: dict[str, Any] = (
+                {"skipped": "--no-levers"} if self.args.no_levers else await levers.run_levers(self)
+            )
             # Last: LiteLLM does not close upstream streams its client dropped, so its held streams
             # keep the fake busy for a minute afterwards.
             s["rss_per_stream"] = await self.rss_per_stream()
@@ -979,6 +1025,8 @@ class Bench:
             "plan": dataclasses.asdict(p),
             "scenarios": s,
             "profile": prof,
+            "profile_stream": prof_stream,
+            "levers": levers_result,
             "notes": self.notes,
         }
         for path in ("venv",):
@@ -991,6 +1039,7 @@ class Bench:
                 "`other_processes_pct` per point in the JSON."
             )
         result["targets"] = report.evaluate_targets(result)
+        report.judge_levers(result)
         return result
 
 
@@ -1022,7 +1071,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
     ap.add_argument("--litellm-venv", type=Path, default=BENCH / ".venv-litellm")
     ap.add_argument("--litellm-version", default=litellm_env.DEFAULT_VERSION)
-    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of the gateway")
+    ap.add_argument(
+        "--no-levers", action="store_true", help="skip the levers group (one gateway per setting value)"
+    )
     ap.add_argument(
         "--quiet-pct",
         type=float,

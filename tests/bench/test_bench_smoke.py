@@ -28,6 +28,15 @@ SCENARIOS = (
     "cancellations_1000",
 )
 PATHS = ("gateway", "direct", "litellm")
+LEVERS = (
+    "upstream_transport",
+    "event_loop",
+    "json_library",
+    "codec_json_path",
+    "embeddings_base64",
+    "coalesce_events",
+    "tracing",
+)
 
 
 @pytest.mark.slow
@@ -58,13 +67,32 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
         gw = data["scenarios"][key]["paths"]["gateway"]
         assert gw["loadgen"]["ok"] > 0, (key, gw["loadgen"])
         assert gw["processes"]["middle"]["cpu_s"] >= 0
+    # Levers: every setting measured both ways (tiny loads), with a figure, a ratio and a verdict.
+    items = data["levers"]["items"]
+    assert set(LEVERS) <= set(items), sorted(items)
+    for key in LEVERS:
+        item = items[key]
+        assert "skipped" not in item and "failed" not in item, (key, item)
+        assert item["verdict"] and item["verdict_kind"] in ("keep", "reconsider", "noise"), (key, item)
+        if key == "codec_json_path":
+            for case in item["codec"]["cases"].values():
+                assert case["decode"]["codec_us"] > 0 and case["decode"]["json_format_us"] > 0
+                assert case["encode"]["codec_us"] > 0 and case["encode"]["json_format_us"] > 0
+            continue
+        entry = item["loads"][item["primary_load"]]
+        assert entry["ratio"] > 0, (key, entry)
+        assert entry["chosen"]["errors"] == 0 and entry["alternative"]["errors"] == 0, (key, entry)
+    emb = items["embeddings_base64"]["loads"]["embeddings_c16"]
+    assert emb["chosen"]["upstream_encoding_format"] == "base64", emb
+    assert emb["alternative"]["upstream_encoding_format"] != "base64", emb
+
     names = [t["name"] for t in data["targets"]]
     assert len(names) == 7
     assert all(t["verdict"] in ("met", "missed", "n/a") for t in data["targets"])
 
     text = md.read_text()
-    assert "## Targets" in text and "## Primary figures" in text
-    for key in SCENARIOS:
+    assert "## Targets" in text and "## Primary figures" in text and "## Levers" in text
+    for key in (*SCENARIOS, *LEVERS):
         assert key in text, key
     for plot in data["plots"].values():
         assert Path(plot).is_file(), plot
