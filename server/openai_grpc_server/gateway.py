@@ -9,12 +9,11 @@ and the traceback goes to the log only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -29,7 +28,6 @@ from openai_grpc_server.telemetry import Telemetry
 from openai_grpc_server.upstream.client import JsonResponse, UpstreamClient, forwarded_metadata
 
 log = logging.getLogger("openai_grpc.gateway")
-T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Rough prompt-size estimate for the token limiter until real usage settles it.
@@ -172,8 +170,7 @@ class Gateway:
                 req.path,
                 cred=call.credential,
                 query=req.query,
-                content=payload,
-                content_type="application/json" if payload is not None else None,
+                json=payload,
                 time_left=a.timeout,
                 beta=route.beta_header,
             )
@@ -213,12 +210,3 @@ def as_gateway_error(exc: BaseException, route: Route) -> OpenAIError:
         return exc
     log.exception("unexpected error in %s", route.full_method, exc_info=exc)
     return GatewayInternal("internal error in the gateway; the operator's logs have the details")
-
-
-@contextlib.asynccontextmanager
-async def closing(response: Any) -> AsyncIterator[Any]:
-    """Close an upstream response on every exit path, cancellation included."""
-    try:
-        yield response
-    finally:
-        await asyncio.shield(response.aclose())

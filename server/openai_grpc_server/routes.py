@@ -59,9 +59,6 @@ class Route:
     def beta_header(self) -> str | None:
         return "assistants=v2" if self.path_template.startswith(_ASSISTANTS_BETA_PREFIXES) else None
 
-    def upload_metadata_desc(self) -> descriptor.Descriptor:
-        return codec.message_type(self.input_desc.fields_by_name["metadata"])
-
     def build_path(self, params: dict[str, Any]) -> str:
         def sub(m: re.Match[str]) -> str:
             return quote(str(params[m.group(1)]), safe="")
@@ -127,16 +124,17 @@ class UpstreamRequest:
     body: dict[str, Any] | None
 
 
-def _query_items(key: str, value: Any) -> Iterator[tuple[str, str]]:
+def flatten(key: str, value: Any, list_suffix: str = "") -> Iterator[tuple[str, str]]:
+    """JSON value -> form/query pairs as OpenAI reads them: booleans as `true`/`false`, objects
+    as `key[sub]` (deepObject), list items repeated under `key` + `list_suffix`, null skipped."""
     if isinstance(value, bool):
         yield key, "true" if value else "false"
     elif isinstance(value, list):
         for v in value:
-            yield from _query_items(key, v)
+            yield from flatten(key + list_suffix, v, list_suffix)
     elif isinstance(value, dict):
-        # OpenAI's deepObject style: metadata[key]=value
         for k, v in value.items():
-            yield from _query_items(f"{key}[{k}]", v)
+            yield from flatten(f"{key}[{k}]", v, list_suffix)
     elif value is not None:
         yield key, str(value)
 
@@ -149,9 +147,9 @@ def build_request(route: Route, msg: Message, *, stream: bool = False) -> Upstre
     path = route.build_path(params)
     if route.has_body:
         # Array query parameters (`include[]`) stay in the query string even when there is a body.
-        query = [item for k in [k for k in data if k.endswith("[]")] for item in _query_items(k, data.pop(k))]
+        query = [item for k in [k for k in data if k.endswith("[]")] for item in flatten(k, data.pop(k))]
         if stream:
             data["stream"] = True
         return UpstreamRequest(route.http_method, path, query, data)
-    query = [item for k, v in data.items() for item in _query_items(k, v)]
+    query = [item for k, v in data.items() for item in flatten(k, v)]
     return UpstreamRequest(route.http_method, path, query, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -64,7 +65,7 @@ async def _open_upstream(
     decode: Callable[[bytes], list[Any]],
     *,
     raw: bool,
-    payload: bytes | None = None,
+    payload: bytes | None,
 ) -> _Open:
     """Open the upstream response and read until `decode` yields something.
 
@@ -76,9 +77,7 @@ async def _open_upstream(
         req.path,
         cred=call.credential,
         query=req.query,
-        json_body=req.body if payload is None else None,
-        content=payload,
-        content_type="application/json" if payload is not None else None,
+        json=payload,
         time_left=attempt.timeout,
         beta=route.beta_header,
         stream=True,
@@ -98,7 +97,7 @@ async def _open_upstream(
 
 
 class EventConverter:
-    """SSE event -> element of the stream response's `events` field."""
+    """SSE event -> element of the stream response's `events` field (one per route, cached)."""
 
     def __init__(self, route: Route) -> None:
         event_desc = codec.message_type(route.output_desc.fields_by_name["events"])
@@ -119,6 +118,11 @@ class EventConverter:
             return msg
         codec.decode_into(payload, msg)
         return msg
+
+
+@functools.cache
+def _converter(route: Route) -> EventConverter:
+    return EventConverter(route)
 
 
 def _ask_for_usage(route: Route, body: dict[str, Any] | None) -> bool:
@@ -142,8 +146,8 @@ def _member_for(event: str) -> str:
     parts = event.split(".")
     if parts and parts[0] == "thread":
         parts = parts[1:]
-    if len(parts) <= 1:
-        return "thread" if parts and parts[0] != "error" else (parts[0] if parts else "")
+    if len(parts) <= 1:  # `thread.created` (the thread itself) or `error`
+        return "error" if parts == ["error"] else ("thread" if parts else "")
     verb = parts[-1]
     base = "_".join(parts[:-1])
     return f"{base}_delta" if verb == "delta" else base
@@ -166,7 +170,7 @@ async def relay_events(
     opened: _Open | None = None
     span: Span | None = None
     reservation: Reservation | None = None
-    converter = EventConverter(route)
+    converter = _converter(route)
     try:
         validation.check(route, request, streaming=True)
         req = routes.build_request(route, request, stream=True)
@@ -289,13 +293,21 @@ async def relay_binary(
     try:
         validation.check(route, request)
         req = routes.build_request(route, request)
+        body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
         call = gw.begin(route, request, context, req.body, 0)
         span = gw.telemetry.stream_span(call)
         active = call
 
         async def attempt(a: Attempt) -> _Open:
             return await _open_upstream(
-                gw, route, active, req, a, lambda chunk: [chunk] if chunk else [], raw=True
+                gw,
+                route,
+                active,
+                req,
+                a,
+                lambda chunk: [chunk] if chunk else [],
+                raw=True,
+                payload=body_bytes,
             )
 
         download, reservation = await gw.policy.execute(call.op, attempt)

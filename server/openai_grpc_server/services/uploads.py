@@ -19,7 +19,7 @@ from openai_grpc_server import codec
 from openai_grpc_server.errors import MalformedRequest
 from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
 from openai_grpc_server.resilience import Attempt
-from openai_grpc_server.routes import Route
+from openai_grpc_server.routes import Route, flatten
 from openai_grpc_server.upstream.client import forwarded_metadata
 
 # The multipart field a chunk with an empty `field` belongs to, by endpoint.
@@ -36,25 +36,7 @@ def _quote(value: str) -> str:
 
 def form_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Flatten metadata the way OpenAI's SDKs do: lists as `name[]`, objects as `name[key]`."""
-    out: list[tuple[str, str]] = []
-
-    def add(key: str, value: Any) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool):
-            out.append((key, "true" if value else "false"))
-        elif isinstance(value, list):
-            for item in value:
-                add(f"{key}[]", item)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                add(f"{key}[{k}]", v)
-        else:
-            out.append((key, str(value)))
-
-    for k, v in data.items():
-        add(k, v)
-    return out
+    return [item for k, v in data.items() for item in flatten(k, v, list_suffix="[]")]
 
 
 class MultipartStream:
@@ -64,16 +46,12 @@ class MultipartStream:
         self,
         fields: list[tuple[str, str]],
         chunks: AsyncIterator[Message],
-        first: Message | None,
         main_field: str,
     ) -> None:
         self.boundary = "openai-grpc-" + secrets.token_hex(12)
         self.fields = fields
         self.chunks = chunks
-        self.first = first
         self.main_field = main_field
-        self.started = False
-        self.bytes_sent = 0
 
     @property
     def content_type(self) -> str:
@@ -89,19 +67,10 @@ class MultipartStream:
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        self.started = True
         for name, value in self.fields:
             yield self._head(name) + value.encode() + b"\r\n"
         current: tuple[str, str] | None = None
-        pending = [self.first] if self.first is not None else []
-        while True:
-            if pending:
-                msg = pending.pop()
-            else:
-                try:
-                    msg = await anext(self.chunks)
-                except StopAsyncIteration:
-                    break
+        async for msg in self.chunks:
             if msg.WhichOneof("payload") != "chunk":
                 raise MalformedRequest("after the first message, an upload carries only `chunk` messages")
             chunk = msg.chunk  # type: ignore[attr-defined]
@@ -116,7 +85,6 @@ class MultipartStream:
                 yield self._head(field, chunk.filename or "upload", chunk.content_type or None)
                 current = (field, chunk.filename)
             if chunk.data:
-                self.bytes_sent += len(chunk.data)
                 yield chunk.data
         if current is not None:
             yield b"\r\n"
@@ -145,9 +113,7 @@ async def relay_upload(
             raise MalformedRequest(f"metadata.{missing[0]} is required: it is part of the URL")
         path = route.build_path(params)
         call = gw.begin(route, meta, context, data, 0)
-        body = MultipartStream(
-            form_fields(data), requests, None, _MAIN_FILE_FIELD.get(route.path_template, "file")
-        )
+        body = MultipartStream(form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"))
         active = call
 
         async def attempt(a: Attempt) -> Any:

@@ -122,22 +122,25 @@ class UpstreamClient:
         *,
         cred: Credential,
         query: list[tuple[str, str]] | None = None,
-        json_body: Any = None,
-        content: AsyncIterable[bytes] | bytes | None = None,
+        json: bytes | None = None,
+        content: AsyncIterable[bytes] | None = None,
         content_type: str | None = None,
         time_left: float | None = None,
         beta: str | None = None,
         stream: bool = False,
     ) -> httpx.Response:
-        """Send one request; returns a 2xx response (open, when `stream`) or raises OpenAIError."""
-        if json_body is not None:
-            content = jsonlib.dumps(json_body)
+        """Send one request; returns a 2xx response (open, when `stream`) or raises OpenAIError.
+
+        The body is `json` (already serialised: callers size it for the token estimate) or a
+        streamed `content` with its `content_type` (multipart uploads).
+        """
+        if json is not None:
             content_type = "application/json"
         request = self._client.build_request(
             method,
             path,
             params=list(query) if query else None,
-            content=content,
+            content=json if json is not None else content,
             headers=self._headers(cred, beta, content_type),
             timeout=self._timeout(time_left),
         )
