@@ -290,6 +290,8 @@ class Telemetry:
             model, response_id = body.get("model"), body.get("id")
             if isinstance(model, str):
                 call.response_model = model[:_MAX_MODEL_CHARS]
+        self.models.learn(call.model)  # the upstream accepted these
+        self.models.learn(call.response_model)
         span = call.span
         recording = span is not None and span.is_recording()
         if recording:
@@ -319,6 +321,7 @@ class Telemetry:
 
     def first_chunk(self, call: Call) -> None:
         """The first chunk of a streamed response arrived."""
+        self.models.learn(call.model)  # the upstream accepted it
         series = self._route(call.route).labels(self.models.label(call.model), "", "ok")
         self.time_to_first_chunk.record(time.perf_counter() - call.started, series.gen_ai)
 
