@@ -7,9 +7,11 @@ names below, and a move to a newer release is a change to this module only.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
+from openai_grpc_server import routes
 from openai_grpc_server.routes import Route
 
 VERSION: Final = "1.41.0"
@@ -65,5 +67,12 @@ def operation_name(route: Route) -> str:
     known = _OPERATIONS.get(route.endpoint)
     if known is not None:
         return known
-    name = route.name.removeprefix("Stream")  # StreamChatCompletion is the same operation
+    # A streaming RPC is the same operation as the unary one on its endpoint (StreamImage is
+    # create_image).
+    name = _unary_names().get(route.endpoint, route.name)
     return _CAMEL.sub("_", name).lower()
+
+
+@functools.cache
+def _unary_names() -> dict[str, str]:
+    return {r.endpoint: r.name for r in routes.load_routes() if r.kind is routes.Kind.UNARY}
