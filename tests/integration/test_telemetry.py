@@ -5,6 +5,7 @@ Prometheus scrape and the OTLP export are in test_telemetry_export.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -329,3 +330,29 @@ async def test_retries_show_in_the_access_log(fake: FakeUpstream, access: pytest
     assert [(x["code"], x["attempts"]) for x in access_lines(access)] == [("OK", 3), ("OK", 1)]
     retries = {attrs(p)["attempt_number"]: p.value for p in obs.metrics()["openai_retry_attempts_total"]}
     assert retries == {"2": 1, "3": 1}
+
+
+async def test_a_cancelled_call_is_logged_and_counted(
+    fake: FakeUpstream, access: pytest.LogCaptureFixture
+) -> None:
+    fake.reset()
+    obs = await observed(fake.base_url)
+    gw = obs.gw
+    try:
+        fake.script("POST /chat/completions", Step(delay_ms=5000))
+        call = gw.unary("CreateChatCompletion")(chat(gw), timeout=10)
+        for _ in range(1000):  # until the upstream holds the request
+            if fake.requests:
+                break
+            await asyncio.sleep(0.01)
+        call.cancel()
+        for _ in range(1000):  # until the gateway noticed
+            if access_lines(access):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await stop_gateway(gw)
+    (line,) = access_lines(access)
+    assert (line["method"], line["code"], line["tenant"]) == (CHAT, "CANCELLED", "default")
+    statuses = {attrs(p)["status"]: p.value for p in obs.metrics()["openai_requests_total"]}
+    assert statuses == {"CANCELLED": 1}
