@@ -405,7 +405,11 @@ class Telemetry:
         if error is not None:
             fields["error_code"] = error.error_code
             fields["upstream_status"] = error.upstream_status
-        access_log.log(level, "rpc", extra=fields)
+        # A record made here, not by `Logger.log`: that would also walk the stack for the
+        # caller's file and line, which an access line does not need (a third of its cost).
+        record = logging.LogRecord(access_log.name, level, "", 0, "rpc", None, None)
+        record.__dict__.update(fields)
+        access_log.handle(record)
 
     # --- ResilienceObserver ---
     def on_attempt(self, op: Any, attempt_number: int, delay_seconds: float, cause: OpenAIError) -> None:
