@@ -160,7 +160,9 @@ class _RouteInfo:
             "http.method": route.http_method,
             semconv.OPERATION_NAME: self.operation,
             semconv.PROVIDER_NAME: semconv.PROVIDER_OPENAI,
+            "openai.streaming": False,
         }
+        self.stream_span_attributes = {**self.span_attributes, "openai.streaming": True}
         self.series: dict[tuple[str, str, str], _Series] = {}
 
     def labels(self, model: str, response_model: str, status: str) -> _Series:
@@ -254,22 +256,21 @@ class Telemetry:
 
     def stream_span(self, call: Call, *, streaming: bool = True) -> trace.Span:
         """The same span for a server stream; not made current, as it lives across yields."""
+        info = self._route(call.route)
         span = self.tracer.start_span(
-            "openai.request", kind=SpanKind.CLIENT, attributes=self._span_attributes(call, streaming)
+            "openai.request",
+            kind=SpanKind.CLIENT,
+            attributes=info.stream_span_attributes if streaming else info.span_attributes,
         )
         call.span = span
+        if span.is_recording():  # per-call attributes only when someone records them
+            if call.model:
+                model = call.model[:_MAX_MODEL_CHARS]
+                span.set_attribute("openai.model", model)
+                span.set_attribute(semconv.REQUEST_MODEL, model)
+            if call.credential.organization:
+                span.set_attribute("openai.organization_id", call.credential.organization)
         return span
-
-    def _span_attributes(self, call: Call, streaming: bool) -> dict[str, Any]:
-        attributes = dict(self._route(call.route).span_attributes)
-        attributes["openai.streaming"] = streaming
-        if call.model:
-            model = call.model[:_MAX_MODEL_CHARS]
-            attributes["openai.model"] = model
-            attributes[semconv.REQUEST_MODEL] = model
-        if call.credential.organization:
-            attributes["openai.organization_id"] = call.credential.organization
-        return attributes
 
     def http_response(self, status: int, upstream: Any, path: str, headers: Any) -> None:
         span = trace.get_current_span()
