@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
@@ -45,6 +46,7 @@ _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 # the minutes a long generation takes (the SDK's default buckets are for milliseconds).
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 OTHER_MODEL = "other"
+CANCELLED = "CANCELLED"  # status of an RPC the caller cancelled (no error reason applies)
 _MAX_MODEL_CHARS = 128  # a longer "model" in a log line or span is cut here
 # Upstream attempts of the RPC running in this task: the resilience observer runs inline in
 # the RPC's own task, so a context variable carries the count to the access log.
@@ -126,12 +128,11 @@ class ModelLabels:
 class _Series:
     """The attribute sets of one (route, model, response model, outcome): built once, reused."""
 
-    __slots__ = ("chunks", "duration", "errors", "gen_ai", "requests", "tokens_in", "tokens_out")
+    __slots__ = ("chunks", "duration", "gen_ai", "requests", "tokens_in", "tokens_out")
 
     def __init__(self, endpoint: str, operation: str, model: str, response_model: str, status: str) -> None:
         self.requests = {"endpoint": endpoint, "status": status, "model": model}
         self.duration = {"endpoint": endpoint, "model": model}
-        self.errors = {"endpoint": endpoint, "error_type": status}
         self.chunks = {"endpoint": endpoint, "model": model}
         gen_ai: dict[str, str] = {
             semconv.OPERATION_NAME: operation,
@@ -153,7 +154,6 @@ class _RouteInfo:
 
     def __init__(self, route: Route) -> None:
         self.endpoint = route.endpoint
-        self.method = route.full_method
         self.operation = semconv.operation_name(route)
         self.span_attributes: dict[str, Any] = {
             "openai.endpoint": route.path_template,
@@ -247,8 +247,8 @@ class Telemetry:
         except OpenAIError as exc:
             _span_failed(span, exc.reason)
             raise
-        except Exception as exc:
-            _span_failed(span, type(exc).__name__)
+        except BaseException as exc:
+            _span_failed(span, CANCELLED if isinstance(exc, asyncio.CancelledError) else type(exc).__name__)
             raise
         finally:
             otel_context.detach(token)
@@ -335,7 +335,7 @@ class Telemetry:
         self, route: Route, call: Call | None, error: OpenAIError | None = None, started: float | None = None
     ) -> None:
         """Metrics and the access-log line of one finished RPC (`call` is None when it failed
-        before the gateway knew who called)."""
+        before the gateway had described it)."""
         if started is None:
             assert call is not None
             started = call.started
@@ -343,18 +343,11 @@ class Telemetry:
         if error is None and call is not None:
             self.models.learn(call.model)  # the upstream accepted these
             self.models.learn(call.response_model)
-        model = self.models.label(call.model) if call is not None else ""
-        response_model = self.models.label(call.response_model) if call is not None else ""
-        status = "ok" if error is None else error.reason
-        series = self._route(route).labels(model, response_model, status)
-        self.requests.add(1, series.requests)
-        self.duration.record(elapsed, series.duration)
-        self.operation_duration.record(elapsed, series.gen_ai)
+        self._count(route, call, "ok" if error is None else error.reason, elapsed)
         if error is not None:
             self.errors.add(1, {"endpoint": route.endpoint, "error_type": type(error).__name__})
-            span = call.span if call is not None else None
-            if span is not None and span.is_recording():
-                _span_failed(span, error.reason)
+            if call is not None and call.span is not None:
+                _span_failed(call.span, error.reason)
         level = (
             logging.INFO
             if error is None
@@ -369,12 +362,20 @@ class Telemetry:
         """The caller cancelled (or its deadline passed): no status goes back, but it is logged
         and counted as CANCELLED."""
         elapsed = time.perf_counter() - started
-        model = self.models.label(call.model) if call is not None else ""
-        series = self._route(route).labels(model, "", "CANCELLED")
+        self._count(route, call, CANCELLED, elapsed)
+        if call is not None and call.span is not None:
+            _span_failed(call.span, CANCELLED)
+        if access_log.isEnabledFor(logging.INFO):
+            self._access(logging.INFO, route, call, elapsed, None, code=CANCELLED)
+
+    def _count(self, route: Route, call: Call | None, status: str, elapsed: float) -> None:
+        model = response_model = ""
+        if call is not None:
+            model, response_model = self.models.label(call.model), self.models.label(call.response_model)
+        series = self._route(route).labels(model, response_model, status)
         self.requests.add(1, series.requests)
         self.duration.record(elapsed, series.duration)
-        if access_log.isEnabledFor(logging.INFO):
-            self._access(logging.INFO, route, call, elapsed, None, code="CANCELLED")
+        self.operation_duration.record(elapsed, series.gen_ai)
 
     def _access(
         self,

@@ -356,3 +356,7 @@ async def test_a_cancelled_call_is_logged_and_counted(
     assert (line["method"], line["code"], line["tenant"]) == (CHAT, "CANCELLED", "default")
     statuses = {attrs(p)["status"]: p.value for p in obs.metrics()["openai_requests_total"]}
     assert statuses == {"CANCELLED": 1}
+    (duration,) = obs.metrics()[semconv.OPERATION_DURATION]
+    assert attrs(duration)[semconv.ERROR_TYPE] == "CANCELLED"
+    (span,) = obs.request_spans()
+    assert dict(span.attributes or {})[semconv.ERROR_TYPE] == "CANCELLED" and not span.status.is_ok
