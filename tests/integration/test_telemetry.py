@@ -360,3 +360,34 @@ async def test_a_cancelled_call_is_logged_and_counted(
     assert attrs(duration)[semconv.ERROR_TYPE] == "CANCELLED"
     (span,) = obs.request_spans()
     assert dict(span.attributes or {})[semconv.ERROR_TYPE] == "CANCELLED" and not span.status.is_ok
+
+
+async def test_stream_cut_and_stream_cancel(fake: FakeUpstream, access: pytest.LogCaptureFixture) -> None:
+    fake.reset()
+    obs = await observed(fake.base_url)
+    gw = obs.gw
+    try:
+        fake.script("POST /chat/completions", Step(chunks=6, cut_after=2))
+        stream = gw.server_stream("StreamChatCompletion")(chat(gw, rpc="StreamChatCompletion"), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stream:
+                pass
+        assert caught.value.code() == grpc.StatusCode.ABORTED
+        fake.script("POST /chat/completions", Step(chunks=50, gap_ms=200))
+        stream = gw.server_stream("StreamChatCompletion")(chat(gw, rpc="StreamChatCompletion"), timeout=10)
+        await anext(aiter(stream))  # the first message arrived: the stream is under way
+        stream.cancel()
+        for _ in range(1000):  # until the gateway noticed
+            if len(access_lines(access)) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await stop_gateway(gw)
+    cut, cancelled = access_lines(access)
+    assert (cut["method"], cut["code"], cut["reason"]) == (STREAM, "ABORTED", "STREAM_INTERRUPTED")
+    assert cut["upstream_request_id"].startswith("req_")
+    assert (cancelled["method"], cancelled["code"]) == (STREAM, "CANCELLED")
+    statuses = {attrs(p)["status"]: p.value for p in obs.metrics()["openai_requests_total"]}
+    assert statuses == {"STREAM_INTERRUPTED": 1, "CANCELLED": 1}
+    assert len(obs.metrics()[semconv.TIME_TO_FIRST_CHUNK]) == 1  # both streams got a first chunk
+    assert obs.metrics()[semconv.TIME_TO_FIRST_CHUNK][0].count == 2
