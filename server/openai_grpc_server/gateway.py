@@ -135,9 +135,15 @@ class Gateway:
             self.policy.observe_headers(call.op, dict(forwarded))
 
     async def fail(
-        self, context: Context, call: Call | None, route: Route, exc: BaseException, started: float
+        self,
+        context: Context,
+        call: Call | None,
+        route: Route,
+        exc: BaseException,
+        started: float | None = None,
     ) -> NoReturn:
-        """End the RPC with the status for `exc` (an abort already under way passes through)."""
+        """End the RPC with the status for `exc` (an abort already under way passes through).
+        `started`, the RPC's start, times a failure that came before `call` was made."""
         if _is_abort(exc):
             raise exc
         err = as_gateway_error(exc, route)

@@ -336,10 +336,10 @@ class Telemetry:
     ) -> None:
         """Metrics and the access-log line of one finished RPC (`call` is None when it failed
         before the gateway had described it)."""
+        now = time.perf_counter()
         if started is None:
-            assert call is not None
-            started = call.started
-        elapsed = time.perf_counter() - started
+            started = call.started if call is not None else now  # unknown: reported as 0
+        elapsed = now - started
         if error is None and call is not None:
             self.models.learn(call.model)  # the upstream accepted these
             self.models.learn(call.response_model)
