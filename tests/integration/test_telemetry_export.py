@@ -284,3 +284,26 @@ async def test_opentelemetry_instrument_exports_one_server_span_per_rpc_over_otl
     assert {attributes(p)[semconv.TOKEN_TYPE] for p in tokens} == {"input", "output"}
     assert all(tuple(p.explicit_bounds) == semconv.TOKEN_BUCKETS for p in tokens)
     assert sink.metric_points(semconv.TIME_TO_FIRST_CHUNK)
+
+
+async def test_opentelemetry_instrument_with_metrics_port(
+    collector: tuple[Collector, int], instrumented_env: dict[str, str]
+) -> None:
+    """Traces still go over OTLP; the gateway's metrics go to the scrape endpoint instead."""
+    sink, collector_port = collector
+    port, metrics_port = free_port(), free_port()
+    env = otel_free_env(**instrumented_env, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector_port}")
+    argv = [str(BIN / "opentelemetry-instrument"), str(BIN / "openai-grpc-server"), "--demo"]
+    proc = start([*argv, "--port", str(port), "--metrics-port", str(metrics_port)], env)
+    try:
+        await call_unary_stream_and_invalid(port)
+        lines = await asyncio.to_thread(scrape, metrics_port)
+    finally:
+        access = await asyncio.to_thread(stop, proc)
+    check_access_log(access, traced=True)
+    servers = sorted(s.name for s in sink.spans() if s.kind == Span.SPAN_KIND_SERVER)
+    assert servers == sorted([CHAT, STREAM, CHAT])
+    assert bounds(lines, "gen_ai_client_operation_duration_seconds", error_type="") == (
+        expected_le(semconv.DURATION_BUCKETS)
+    )
+    assert not sink.metric_points(semconv.OPERATION_DURATION)
