@@ -153,6 +153,7 @@ class _RouteInfo:
     """What telemetry needs of a route, computed on its first call."""
 
     def __init__(self, route: Route) -> None:
+        self.route = route
         self.endpoint = route.endpoint
         self.operation = semconv.operation_name(route)
         self.span_attributes: dict[str, Any] = {
@@ -227,13 +228,14 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=semconv.TIME_TO_FIRST_CHUNK_BUCKETS,
         )
         self.models = ModelLabels(max_models)
-        self._routes: dict[Route, _RouteInfo] = {}
+        self._routes: dict[int, _RouteInfo] = {}
         self._breaker_values: dict[str, int] = {}
 
     def _route(self, route: Route) -> _RouteInfo:
-        info = self._routes.get(route)
-        if info is None:
-            info = self._routes[route] = _RouteInfo(route)
+        # Keyed by identity: hashing the frozen Route dataclass hashes all its fields every call.
+        info = self._routes.get(id(route))
+        if info is None or info.route is not route:
+            info = self._routes[id(route)] = _RouteInfo(route)
         return info
 
     # --- spans -----------------------------------------------------------------------------
