@@ -22,7 +22,7 @@ from openai_grpc_server.resilience import ResiliencePolicy
 from openai_grpc_server.routes import Kind, Route
 from openai_grpc_server.services.streams import relay_binary, relay_events
 from openai_grpc_server.services.uploads import relay_upload
-from openai_grpc_server.telemetry import Telemetry
+from openai_grpc_server.telemetry import Telemetry, server_auto_instrumented
 from openai_grpc_server.upstream.client import UpstreamClient
 
 log = logging.getLogger("openai_grpc.app")
@@ -85,8 +85,10 @@ def _credentials(s: Settings) -> grpc.ServerCredentials | None:
 
 def default_interceptors(settings: Settings) -> tuple[Any, ...]:
     """OpenTelemetry's server interceptor (one span and the status of every RPC), when tracing
-    is on. It costs about a fifth of a unary call's CPU, so it is opt-in (`tracing: true`)."""
-    if not settings.tracing:
+    is on. It costs about a fifth of a unary call's CPU, so it is opt-in (`tracing: true`).
+    Under `opentelemetry-instrument` every grpc.aio server already gets that interceptor: a
+    second one would make two server spans per RPC."""
+    if not settings.tracing or server_auto_instrumented():
         return ()
     from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry.trace import Span
 
 from openai_grpc_server import codec, jsonlib, routes, status, validation
 from openai_grpc_server.auth import Authenticator, Credential
@@ -70,6 +71,11 @@ class Call:
     op: Operation
     model: str
     started: float
+    # Learnt on the way, for telemetry: the upstream's request id and answering model, and
+    # the `openai.request` span (when tracing is on).
+    request_id: str = ""
+    response_model: str = ""
+    span: Span | None = None
 
 
 class Gateway:
@@ -102,6 +108,7 @@ class Gateway:
         context: Context,
         body: Mapping[str, Any] | None,
         size: int,
+        started: float | None = None,
     ) -> Call:
         """Authenticate the caller and describe the call for the resilience policy."""
         if self.auth.mode == "none":
@@ -117,26 +124,37 @@ class Gateway:
             deadline=deadline,
         )
         model = str(body.get("model", "")) if body else str(getattr(request, "model", "") or "")
-        return Call(route, credential, op, model, time.perf_counter())
+        return Call(route, credential, op, model, started or time.perf_counter())
 
     def observe(self, call: Call, forwarded: list[tuple[str, str]]) -> None:
         """Feed upstream `x-ratelimit-*` headers (already picked out for the caller) to the limiter."""
+        for k, v in forwarded:
+            if k == "x-request-id":
+                call.request_id = v
         if any(k.startswith("x-ratelimit-") for k, _ in forwarded):
             self.policy.observe_headers(call.op, dict(forwarded))
 
-    async def fail(self, context: Context, call: Call | None, route: Route, exc: BaseException) -> NoReturn:
-        """End the RPC with the status for `exc` (an abort already under way passes through)."""
+    async def fail(
+        self,
+        context: Context,
+        call: Call | None,
+        route: Route,
+        exc: BaseException,
+        started: float | None = None,
+    ) -> NoReturn:
+        """End the RPC with the status for `exc` (an abort already under way passes through).
+        `started`, the RPC's start, times a failure that came before `call` was made."""
         if _is_abort(exc):
             raise exc
         err = as_gateway_error(exc, route)
-        if call is not None:
-            self.telemetry.request_done(route.endpoint, call.model, call.started, err)
+        self.telemetry.request_done(route, call, err, started)
         await status.abort(context, err, forwarded_metadata(err.headers))
 
     # --- unary -------------------------------------------------------------------------------
     def unary(self, route: Route) -> Callable[[Message, Context], Awaitable[Message]]:
         async def handler(request: Message, context: Context) -> Message:
             async with self.slots:
+                started = time.perf_counter()
                 call: Call | None = None
                 try:
                     validation.check(route, request)
@@ -147,11 +165,14 @@ class Gateway:
                         and embeddings.prepare(req.body or {})
                     )
                     payload = jsonlib.dumps(req.body) if req.body is not None else None
-                    call = self.begin(route, request, context, req.body, len(payload or b""))
+                    call = self.begin(route, request, context, req.body, len(payload or b""), started)
                     with self.telemetry.request_span(call, streaming=False):
                         return await self._unary(route, call, req, payload, context, unpack)
-                except Exception as exc:  # CancelledError is not an Exception: it propagates
-                    await self.fail(context, call, route, exc)
+                except Exception as exc:
+                    await self.fail(context, call, route, exc, started)
+                except asyncio.CancelledError:  # the caller left: logged, and always re-raised
+                    self.telemetry.cancelled(route, call, started)
+                    raise
 
         return handler
 
@@ -181,8 +202,7 @@ class Gateway:
         self.telemetry.http_response(value.status, self.upstream, req.path, value.headers)
         usage = usage_of(value.body)
         reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
-        if usage is not None:
-            self.telemetry.usage(call.model, usage)
+        self.telemetry.response(call, value.body, usage)
         if unpack_embeddings:
             embeddings.restore(value.body)
         response = route.output_cls()
@@ -197,7 +217,7 @@ class Gateway:
         # Trailing, not initial metadata: a separate initial-metadata send costs a whole extra
         # batch in grpc.aio (13 % of a unary call's CPU here); trailers ride with the status.
         context.set_trailing_metadata(forwarded)
-        self.telemetry.request_done(route.endpoint, call.model, call.started, None)
+        self.telemetry.request_done(route, call)
         return response
 
 

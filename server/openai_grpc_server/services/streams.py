@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -165,6 +166,7 @@ def _is_error(sse: SSEEvent, payload: Any) -> bool:
 async def relay_events(
     gw: Gateway, route: Route, request: Message, context: Context
 ) -> AsyncIterator[Message]:
+    started = time.perf_counter()
     call: Call | None = None
     sent = 0
     opened: _Open | None = None
@@ -176,7 +178,7 @@ async def relay_events(
         req = routes.build_request(route, request, stream=True)
         hide_usage = _ask_for_usage(route, req.body)
         body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-        call = gw.begin(route, request, context, req.body, len(body_bytes or b""))
+        call = gw.begin(route, request, context, req.body, len(body_bytes or b""), started)
         span = gw.telemetry.stream_span(call)
         active = call
 
@@ -193,10 +195,12 @@ async def relay_events(
 
         stream, reservation = await gw.policy.execute(call.op, attempt)
         opened = stream  # closed in `finally`
+        gw.telemetry.first_chunk(call)
         trailing = forwarded_metadata(stream.response.headers)
         gw.observe(call, trailing)
         context.set_trailing_metadata(trailing)
         usage: dict[str, Any] | None = None
+        usage_event: Any = None
         finished = False
         batch: list[SSEEvent] = stream.first
         decoder = stream.decoder
@@ -221,7 +225,7 @@ async def relay_events(
                     raise classify_stream_error(payload)
                 found = usage_of(payload)
                 if found is not None:
-                    usage = found
+                    usage, usage_event = found, payload
                     if hide_usage and payload.get("choices") == []:
                         continue  # the usage chunk the gateway asked for, not the caller
                 etype = payload.get("type") if isinstance(payload, dict) else None
@@ -236,7 +240,7 @@ async def relay_events(
                     for event in out:
                         yield route.output_cls(events=[event])
                         sent += 1
-                gw.telemetry.streamed(route.endpoint, call.model, len(out))
+                gw.telemetry.streamed(call, len(out))
             try:
                 chunk = await anext(stream.chunks)
             except StopAsyncIteration:
@@ -257,9 +261,8 @@ async def relay_events(
                 metadata={"messagesDelivered": str(sent)},
             )
         reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
-        if usage:
-            gw.telemetry.usage(call.model, usage)
-        gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
+        gw.telemetry.response(call, usage_event, usage)
+        gw.telemetry.request_done(route, call)
     except asyncio.CancelledError:
         # The caller left: not an upstream failure. Tokens come back unless generation had
         # already reached the caller, in which case the estimate stays charged.
@@ -268,13 +271,14 @@ async def relay_events(
                 reservation.settle(call.op.token_estimate)
             else:
                 reservation.release()
+        gw.telemetry.cancelled(route, call, started)
         raise
     except Exception as exc:
         if isinstance(exc, OpenAIError) and sent and call is not None:
             if not isinstance(exc, StreamInterrupted):
                 exc.metadata.setdefault("messagesDelivered", str(sent))
             gw.policy.record_outcome(call.op, exc)
-        await gw.fail(context, call, route, exc)
+        await gw.fail(context, call, route, exc, started)
     finally:
         if opened is not None:
             await asyncio.shield(opened.response.aclose())
@@ -286,6 +290,7 @@ async def relay_binary(
     gw: Gateway, route: Route, request: Message, context: Context
 ) -> AsyncIterator[Message]:
     """Downloads and speech: relay bytes as they arrive, one `BinaryChunk` per upstream read."""
+    started = time.perf_counter()
     call: Call | None = None
     opened: _Open | None = None
     sent = 0
@@ -294,7 +299,7 @@ async def relay_binary(
         validation.check(route, request)
         req = routes.build_request(route, request)
         body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-        call = gw.begin(route, request, context, req.body, 0)
+        call = gw.begin(route, request, context, req.body, 0, started)
         span = gw.telemetry.stream_span(call)
         active = call
 
@@ -339,9 +344,12 @@ async def relay_binary(
                     f"the download broke after {sent} chunks: {classify_exception(exc).message}",
                     metadata={"messagesDelivered": str(sent)},
                 ) from exc
-        gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
-    except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
-        await gw.fail(context, call, route, exc)
+        gw.telemetry.request_done(route, call)
+    except Exception as exc:
+        await gw.fail(context, call, route, exc, started)
+    except asyncio.CancelledError:  # the caller left: logged, and always re-raised
+        gw.telemetry.cancelled(route, call, started)
+        raise
     finally:
         if opened is not None:
             await asyncio.shield(opened.response.aclose())

@@ -8,8 +8,10 @@ before that (breaker open, limiter full) is reported like any other call.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,6 +96,7 @@ class MultipartStream:
 async def relay_upload(
     gw: Gateway, route: Route, requests: AsyncIterator[Message], context: Context
 ) -> Message:
+    started = time.perf_counter()
     call: Call | None = None
     try:
         try:
@@ -112,7 +115,7 @@ async def relay_upload(
         if missing:
             raise MalformedRequest(f"metadata.{missing[0]} is required: it is part of the URL")
         path = route.build_path(params)
-        call = gw.begin(route, meta, context, data, 0)
+        call = gw.begin(route, meta, context, data, 0, started)
         body = MultipartStream(form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"))
         active = call
 
@@ -138,10 +141,13 @@ async def relay_upload(
         response = route.output_cls()
         codec.decode_response(value.body, response)
         context.set_trailing_metadata(forwarded)
-        gw.telemetry.request_done(route.endpoint, call.model, call.started, None)
+        gw.telemetry.request_done(route, call)
         return response
-    except Exception as exc:  # CancelledError (the caller left) is not one: it propagates
-        await gw.fail(context, call, route, exc)
+    except Exception as exc:
+        await gw.fail(context, call, route, exc, started)
+    except asyncio.CancelledError:  # the caller left: logged, and always re-raised
+        gw.telemetry.cancelled(route, call, started)
+        raise
 
 
 __all__ = ["MultipartStream", "form_fields", "relay_upload"]
