@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js and the Go protoc plugins. Safe to run repeatedly.
+# missing, the Debian packages for Node.js and the Go protoc plugins, and (scripts/k8s_tools.sh)
+# kustomize and helm in .venv/bin. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,3 +43,6 @@ if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ]; then
   (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$twant" > "$tstamp"
 fi
+
+# kustomize and helm (pinned, built from the Go module proxy) for the deployment tests.
+scripts/k8s_tools.sh
