@@ -14,10 +14,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_validate.utils import ValidationError
 from openai_grpc_server import config
 
 from tests.k8s import (
+    CHART,
     CHART_FULL_VALUES,
     KUBE_VERSIONS,
     KUSTOMIZE_BASE,
@@ -277,3 +279,22 @@ def test_helm_refuses_a_port_in_config() -> None:
 def test_helm_lint(values: tuple[Path, ...]) -> None:
     proc = helm_lint(*values)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _readme_deploy_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Deploying to Kubernetes", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_names_what_exists() -> None:
+    section = _readme_deploy_section()
+    for path in set(re.findall(r"(?:deploy|tests|scripts)/[\w./-]*\w", section)):
+        assert (ROOT / path).exists(), path
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    named = [k for k in re.findall(r"\b[a-zA-Z]+(?:\.[a-zA-Z_]+)+", section) if k.split(".")[0] in values]
+    assert "service.headless" in named and "rateLimit.redis.existingSecret" in named
+    for key in named:
+        node = values
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"README names {key}, values.yaml lacks it"
+            node = node[part]
