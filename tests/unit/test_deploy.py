@@ -270,9 +270,18 @@ def test_the_config_checksum_follows_the_config_only() -> None:
     assert _checksum("replicaCount=7", "image.tag=other") == default
 
 
-def test_helm_refuses_a_port_in_config() -> None:
-    with pytest.raises(RuntimeError, match=r"config\.port: set ports"):
-        helm_template(set_values=["config.port=8080"])
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("config.port=8080", r"config\.port: set ports"),
+        ("config.api_key=sk-x", r"config\.api_key: set openai\.existingSecret"),
+        ("replicaCounts=3", "additional properties 'replicaCounts' not allowed"),  # values.schema.json
+        ("service.headless=yes", "headless"),
+    ],
+)
+def test_helm_refuses_wrong_values(value: str, needle: str) -> None:
+    with pytest.raises(RuntimeError, match=needle):
+        helm_template(set_values=[value])
 
 
 @pytest.mark.parametrize("values", [(), (CHART_FULL_VALUES,)], ids=["default", "full"])
