@@ -4,6 +4,7 @@ kubelet does (service links, envFrom, env, secretKeyRef), for tests of the deplo
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
@@ -133,8 +134,10 @@ def container_env(container: Doc, objects: list[Doc], injected: Mapping[str, str
         doc = by_ref.get((kind, name))
         if doc is None:
             return None
-        assert "data" not in doc or kind == "ConfigMap", "test Secrets use stringData"
-        data: Mapping[str, str] = doc.get("stringData" if kind == "Secret" else "data") or {}
+        data: dict[str, str] = dict(doc.get("data") or {})
+        if kind == "Secret":  # data is base64; stringData is plain and wins
+            data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+            data.update(doc.get("stringData") or {})
         return data
 
     env: dict[str, str] = {}
