@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js and the Go protoc plugins, and (scripts/k8s_tools.sh)
-# kustomize and helm in .venv/bin. Safe to run repeatedly.
+# missing, the Debian packages for Node.js and the Go protoc plugins. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
