@@ -118,7 +118,13 @@ async def test_the_deployment_starts_and_answers_in_a_pod_environment(
     container = pod["containers"][0]
     # Point the gateway at the fake upstream the way a user would: a ConfigMap variable.
     one(docs, "ConfigMap")["data"]["OPENAI_BASE_URL"] = clean_fake.base_url
-    services = [d for d in docs if d["kind"] == "Service"]
+    # The namespace's Services: the rendered ones and a Redis for the shared rate limiter whose
+    # name lands its link variables under the rate_limit section's prefix.
+    redis = {
+        "metadata": {"name": "openai-grpc-rate-limit-redis"},
+        "spec": {"ports": [{"name": "redis", "port": 6379, "protocol": "TCP"}]},
+    }
+    services = [*(d for d in docs if d["kind"] == "Service"), redis]
     injected = injected_env(pod, services, links=True if links == "forced-on" else None)
     env = container_env(container, [*docs, secret_example()], injected)
     assert env["KUBERNETES_PORT"] == "tcp://10.96.0.1:443"
@@ -163,7 +169,8 @@ async def test_the_deployment_starts_and_answers_in_a_pod_environment(
     ignored = [r for r in records if r.get("msg") == IGNORED_LINKS]
     # The line is INFO: the overlay's log level (WARNING) hides it.
     if links == "forced-on" and env["OPENAI_GRPC_LOG_LEVEL"] == "INFO":
-        assert len(ignored) == 1 and "OPENAI_GRPC_PORT" in ignored[0]["variables"], logs
+        assert len(ignored) == 1, logs
+        assert {"OPENAI_GRPC_PORT", "OPENAI_GRPC_RATE_LIMIT_REDIS_PORT"} <= set(ignored[0]["variables"])
     else:
         assert ignored == [], logs
     assert "sk-replace-me" not in logs
