@@ -42,3 +42,6 @@ if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ]; then
   (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$twant" > "$tstamp"
 fi
+
+# kustomize and helm (pinned, built from the Go module proxy) for the deployment tests.
+scripts/k8s_tools.sh

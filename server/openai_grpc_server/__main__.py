@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.workers > 1:
         return _supervise(settings, argv)
     telemetry.setup_logging(settings.log_level)
+    config.log_ignored_env(settings)
     telemetry.setup_metrics(settings.metrics_port)
     try:
         import uvloop  # noqa: PLC0415

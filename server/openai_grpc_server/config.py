@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +46,12 @@ class Settings:
     max_concurrent_rpcs: int = 2000
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 20.0
+    # A gRPC client keeps one HTTP/2 connection, so behind a ClusterIP Service it sticks to one
+    # pod: after this age the server sends GOAWAY and the client reconnects, through the Service,
+    # to any pod (scale-out rebalances). 0 turns it off. In-flight calls get the grace to finish;
+    # unset, the grace is request_timeout so that no call the gateway allows is cut.
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float | None = None
     workers: int = 1
     # httpx's API over aiohttp's connection pool: about half the CPU per call of httpx's own
     # pool here (docs/benchmarks.md); "httpx" keeps httpx's pool.
@@ -64,6 +73,13 @@ class Settings:
     retry: RetryConfig = dataclasses.field(default_factory=RetryConfig)
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
     breaker: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
+    # Kubernetes service-link variables that share a setting's name and were ignored (names only).
+    ignored_env: tuple[str, ...] = ()
+
+    def connection_age_grace(self) -> float:
+        if self.max_connection_age_grace_seconds is None:
+            return self.request_timeout
+        return self.max_connection_age_grace_seconds
 
     def upstream(self) -> UpstreamSettings:
         return UpstreamSettings(
@@ -97,6 +113,8 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("max_concurrent_rpcs", "OPENAI_GRPC_MAX_CONCURRENT_RPCS", int),
     ("max_message_bytes", "OPENAI_GRPC_MAX_MESSAGE_BYTES", int),
     ("grace_seconds", "OPENAI_GRPC_GRACE_SECONDS", float),
+    ("max_connection_age_seconds", "OPENAI_GRPC_MAX_CONNECTION_AGE_SECONDS", float),
+    ("max_connection_age_grace_seconds", "OPENAI_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", float),
     ("workers", "OPENAI_GRPC_WORKERS", int),
     ("upstream_transport", "OPENAI_GRPC_UPSTREAM_TRANSPORT", str),
     ("reflection", "OPENAI_GRPC_REFLECTION", bool),
@@ -119,6 +137,69 @@ _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("rate_limit", RateLimitConfig),
     ("breaker", BreakerConfig),
 )
+
+
+# Kubernetes injects, for every Service `NAME` in the pod's namespace (unless the pod sets
+# `enableServiceLinks: false`), Docker-link-style variables: NAME_SERVICE_HOST, NAME_SERVICE_PORT,
+# NAME_SERVICE_PORT_<PORTNAME>, NAME_PORT=tcp://ip:port and NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|
+# _ADDR]. A Service named `openai-grpc` thus sets OPENAI_GRPC_PORT, this gateway's port variable;
+# `openai-grpc-metrics` sets OPENAI_GRPC_METRICS_PORT, `openai-grpc-rate-limit-redis` lands under
+# the rate_limit section's prefix. Those variables are recognised by name *and* value shape and
+# ignored, so a value the operator set (OPENAI_GRPC_PORT=50051) is never mistaken for one.
+_LINK_URL = re.compile(r"(?:tcp|udp|sctp)://(?:\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z.-]+):\d{1,5}")
+_LINK_PORT = r"_PORT_\d{1,5}_(?:TCP|UDP|SCTP)"
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+# (name suffix after the Service's prefix, what its injected value looks like)
+_LINK_VARS: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
+    (re.compile(rf"_PORT|{_LINK_PORT}"), lambda v: _LINK_URL.fullmatch(v) is not None),
+    (re.compile(rf"{_LINK_PORT}_PROTO"), lambda v: v in ("tcp", "udp", "sctp")),
+    (re.compile(rf"{_LINK_PORT}_PORT|_SERVICE_PORT(?:_[A-Z0-9_]+)?"), str.isdigit),
+    (re.compile(rf"{_LINK_PORT}_ADDR|_SERVICE_HOST"), _is_address),
+)
+
+log = logging.getLogger("openai_grpc.config")
+
+
+def service_links(env: Mapping[str, str]) -> frozenset[str]:
+    """The names in `env` that Kubernetes (or a Docker link) injected for a Service."""
+    services = [name[: -len("_SERVICE_HOST")] for name in env if name.endswith("_SERVICE_HOST")]
+
+    def injected(name: str, value: str) -> bool:
+        if name.endswith("_PORT") and _LINK_URL.fullmatch(value):
+            return True  # NAME_PORT=tcp://10.96.0.12:50051 is never a port number, whoever set it
+        return any(
+            name.startswith(service) and pattern.fullmatch(name, len(service)) is not None and looks(value)
+            for service in services
+            for pattern, looks in _LINK_VARS
+        )
+
+    return frozenset(name for name, value in env.items() if injected(name, value))
+
+
+def env_names() -> frozenset[str]:
+    """Every environment variable a setting is read from (manifests are checked against it)."""
+    names = {var for _, var, _ in _SCALARS} | {"OPENAI_API_KEY"}
+    for section, cls in _SECTIONS:
+        names |= {f"OPENAI_GRPC_{section.upper()}_{f.name.upper()}" for f in dataclasses.fields(cls)}
+    return frozenset(names)
+
+
+def log_ignored_env(settings: Settings) -> None:
+    """One structured line naming the service-link variables that were not read as settings."""
+    if settings.ignored_env:
+        log.info(
+            "ignored Kubernetes service-link variables that share a setting's name",
+            extra={"variables": list(settings.ignored_env)},
+        )
 
 
 def _read_file(path: Path) -> Any:
@@ -169,6 +250,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     args = parse_args(argv)
     env = os.environ if env is None else env
+    links = service_links(env)
+    ignored: set[str] = set()
     values: dict[str, Any] = {}
     file_data: dict[str, Any] = {}
     if args.config:
@@ -186,7 +269,9 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     for name, var, kind in _SCALARS:
         if name in file_data:
             values[name] = _convert(name, kind, file_data[name])
-        if env.get(var):
+        if var in links:
+            ignored.add(var)
+        elif env.get(var):
             values[name] = _convert(var, kind, env[var])
     for flag in ("host", "port", "base_url", "metrics_port", "log_level", "workers"):
         v = getattr(args, flag)
@@ -218,11 +303,15 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         prefix = f"OPENAI_GRPC_{section.upper()}_"
         for var, raw in env.items():
             if var.startswith(prefix):
-                merged[var[len(prefix) :].lower()] = raw
+                if var in links:
+                    ignored.add(var)
+                else:
+                    merged[var[len(prefix) :].lower()] = raw
         try:
             values[section] = cls.from_mapping(merged)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+    values["ignored_env"] = tuple(sorted(ignored))
     return validate(Settings(**values))
 
 
@@ -265,4 +354,6 @@ def validate(s: Settings) -> Settings:
         )
     if s.grace_seconds < 0:
         raise ConfigError("grace_seconds must not be negative")
+    if s.max_connection_age_seconds < 0 or s.connection_age_grace() < 0:
+        raise ConfigError("max_connection_age_seconds and its grace must not be negative (0: no maximum age)")
     return s

@@ -84,8 +84,10 @@ async def fake() -> AsyncIterator[FakeUpstream]:
     await upstream.stop()
 
 
-async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:
-    running = await app.start(settings, telemetry=telemetry)
+async def start_gateway(
+    settings: Settings, telemetry: Telemetry | None = None, interceptors: tuple[Any, ...] | None = None
+) -> Gateway:
+    running = await app.start(settings, telemetry=telemetry, interceptors=interceptors)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return Gateway(running, channel, {r.name: r for r in routes.load_routes()})
 
