@@ -90,6 +90,10 @@ def _credentials(s: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
 
 
+def _pending_limit(s: Settings) -> int:
+    return max(20_000, 4 * (s.max_concurrent_rpcs + s.max_queued_rpcs))
+
+
 def default_interceptors(settings: Settings) -> tuple[Any, ...]:
     """OpenTelemetry's server interceptor (one span and the status of every RPC), when tracing
     is on. It costs about a fifth of a unary call's CPU, so it is opt-in (`tracing: true`)."""
@@ -128,6 +132,11 @@ async def start(
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Calls grpc core holds before the event loop picks them up. Past its defaults (1,000
+        # soft, 3,000 hard) core drops them as CANCELLED; with room here every burst reaches
+        # the admission queue, which answers RESOURCE_EXHAUSTED with RetryInfo at once.
+        ("grpc.server.max_pending_requests", _pending_limit(settings)),
+        ("grpc.server.max_pending_requests_hard_limit", _pending_limit(settings)),
     ]
     chain = default_interceptors(settings) if interceptors is None else interceptors
     server = grpc.aio.server(interceptors=chain, options=options)

@@ -30,6 +30,7 @@ class Received:
     target: str  # the request target exactly as sent: path and query, still percent-encoded
     headers: dict[str, str]
     body: bytes
+    reader: asyncio.StreamReader | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def path(self) -> str:
@@ -52,12 +53,15 @@ def reply(
     content_type: str = "application/json",
     headers: dict[str, str] | None = None,
     content_length: int | None = None,
+    delay: float = 0.0,
 ) -> Behaviour:
-    """A whole answer; `body` bytes are sent as is, anything else as JSON. `content_length`
-    may lie (a truncated body)."""
+    """A whole answer, after `delay` seconds; `body` bytes are sent as is, anything else as
+    JSON. `content_length` may lie (a truncated body)."""
     data = body if isinstance(body, bytes) else json.dumps({} if body is None else body).encode()
 
     async def behave(_req: Received, w: Writer) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         length = len(data) if content_length is None else content_length
         head = {"content-type": content_type, "content-length": str(length), **(headers or {})}
         w.write(_head(status, head))
@@ -78,8 +82,9 @@ def stream(
     """A body with no length, written chunk by chunk (each drained), then closed, reset or held."""
     parts = list(chunks)
 
-    async def behave(_req: Received, w: Writer) -> None:
-        w.write(_head(200, {"content-type": content_type}))
+    async def behave(req: Received, w: Writer) -> None:
+        head = {"content-type": content_type} if content_type else {}
+        w.write(_head(200, head))
         await w.drain()
         for part in parts:
             w.write(part)
@@ -89,7 +94,7 @@ def stream(
         if reset_at_end:
             reset(w)
         elif stall_at_end:
-            await stall_until_closed(w)
+            await stall_until_closed(req)
 
     return behave
 
@@ -154,23 +159,19 @@ def reset_mid_body(status: int = 200, sent: bytes = b'{"id": "chatcmpl-1", "obj'
     return behave
 
 
-async def stall_until_closed(w: Writer) -> None:
+async def stall_until_closed(req: Received) -> None:
+    """Hold the connection until the client closes it (its EOF reaches our reader)."""
+    assert req.reader is not None
     with contextlib.suppress(ConnectionError):
-        while not w.is_closing():
-            await asyncio.sleep(0.05)
-            if w.transport.get_extra_info("socket") is None:
-                return
-            with contextlib.suppress(BlockingIOError, OSError):
-                sock = w.transport.get_extra_info("socket")
-                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                    return  # the client went away
+        while await req.reader.read(65536):
+            pass
 
 
 def stall() -> Behaviour:
     """Read the request, answer nothing until the client gives up."""
 
-    async def behave(_req: Received, w: Writer) -> None:
-        await stall_until_closed(w)
+    async def behave(req: Received, _w: Writer) -> None:
+        await stall_until_closed(req)
 
     return behave
 
@@ -239,7 +240,8 @@ class FaultyUpstream:
         return self
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._ssl)
+        # TLS is started per connection (not by the server), so a failed handshake is counted.
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -258,13 +260,16 @@ class FaultyUpstream:
         self._tasks.add(task)  # type: ignore[arg-type]
         self.connections += 1
         try:
+            if self._ssl is not None:
+                await writer.start_tls(self._ssl)
             req = await self._read(reader, writer)
             if req is None:
                 return
+            req.reader = reader
             self.received.append(req)
             await self.behaviour(req, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):
+            pass  # the client went away or broke the exchange: what these tests provoke
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
             with contextlib.suppress(Exception):
