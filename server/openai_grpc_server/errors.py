@@ -555,14 +555,13 @@ def _is_tls(exc: BaseException) -> bool:
 
 
 # What aiohttp and h11 say when the bytes that came back are not an HTTP response.
-_NOT_HTTP = ("invalid http", "illegal status line", "bad status line", "invalid status line",
-             "badstatusline", "expected http/", "invalid method", "malformed")  # fmt: skip
+_NOT_HTTP = ("illegal status line", "bad status line", "invalid status line", "expected http/")
 
 
 def _is_not_http(exc: BaseException) -> bool:
     for e in _chain(exc):
         name = type(e).__name__
-        if name in ("BadStatusLine", "BadHttpMessage", "HttpProcessingError", "LocalProtocolError"):
+        if name in ("BadStatusLine", "BadHttpMessage"):
             return True
         text = str(e).lower()
         if any(m in text for m in _NOT_HTTP):
