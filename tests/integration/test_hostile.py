@@ -683,3 +683,35 @@ async def test_a_burst_beyond_capacity_is_shed_with_retry_info(upstream: F.Fault
     assert health is not None  # the process is up and serving
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mib < 300, f"RSS peak grew by {grown_mib:.0f} MiB for 1,500 calls"
+
+
+async def test_undecodable_bytes_in_an_upload(env: Env) -> None:
+    e = env.fresh(F.reply(200, {"id": "file-1", "object": "file"}))
+    route = e.gw.routes["UploadFile"]
+    head = route.input_cls()
+    head.metadata.purpose = "batch"  # type: ignore[attr-defined]
+    frames = [head.SerializeToString(), b"\xff\xff\xff\xff"]
+    ident = lambda b: b  # noqa: E731
+    call = e.gw.channel.stream_unary(route.full_method, ident, ident)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(iter(frames), timeout=TIMEOUT, metadata=e.auth)
+    out = outcome_of(caught.value)
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT, out
+    assert out.info.metadata["requestMessage"] == route.input_desc.full_name
+
+
+async def test_extra_in_upload_metadata_cannot_name_a_field(env: Env) -> None:
+    e = env.fresh()
+    route = e.gw.routes["AddUploadPart"]
+    head = route.input_cls()
+    head.metadata.upload_id = "upload_1"  # type: ignore[attr-defined]
+    head.metadata.extra.update({"upload_id": ".."})  # type: ignore[attr-defined]
+    call = e.gw.channel.stream_unary(
+        route.full_method, route.input_cls.SerializeToString, route.output_cls.FromString
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(iter([head]), timeout=TIMEOUT, metadata=e.auth)
+    out = outcome_of(caught.value)
+    assert out.code == grpc.StatusCode.INVALID_ARGUMENT, out
+    assert [v.field for v in out.details["BadRequest"].field_violations] == ["metadata.extra.upload_id"]
+    assert e.up.received == []
