@@ -87,7 +87,7 @@ class SSEDecoder:
                 nxt = eol + 2 if buf[eol + 1] == _LF else eol + 1
             else:
                 nxt = eol + 1
-            self._line(bytes(buf[start:eol]), events)
+            self._line(buf, start, eol, events)
             if limit is not None and self._event_size > limit:
                 self._overflow()
                 return events
@@ -104,7 +104,7 @@ class SSEDecoder:
         """End of stream: a held CR still ends its line; an unterminated event is dropped."""
         events: list[SSEEvent] = []
         if not self.overflow and self._buf.endswith(b"\r"):
-            self._line(bytes(self._buf[:-1]), events)
+            self._line(self._buf, 0, len(self._buf) - 1, events)
         self._buf = bytearray()
         self._scanned = 0
         self._data = []
@@ -117,8 +117,10 @@ class SSEDecoder:
         self._buf = bytearray()
         self._data = []
 
-    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
-        if not raw:
+    def _line(self, buf: bytearray, start: int, end: int, events: list[SSEEvent]) -> None:
+        """One line, `buf[start:end]`, read in place: a multi-MiB `data:` value is decoded once,
+        without first being copied out of the buffer."""
+        if start == end:
             if self._data:
                 events.append(SSEEvent("\n".join(self._data), self._event, self._id, self._retry))
             self._data = []
@@ -126,19 +128,25 @@ class SSEDecoder:
             self._event = ""
             self._retry = None
             return
-        line = raw.decode("utf-8", errors="replace")
-        if line[0] == ":":
+        if buf[start] == 0x3A:  # ":" starts a comment
             return
-        field, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self._event_size += len(raw)  # what the event holds in memory
+        colon = buf.find(b":", start, end)
+        if colon < 0:
+            name, vstart = buf[start:end].decode("utf-8", errors="replace"), end
+        else:
+            name = buf[start:colon].decode("utf-8", errors="replace")
+            vstart = colon + 1
+            if vstart < end and buf[vstart] == 0x20:
+                vstart += 1
+        with memoryview(buf) as view:
+            value = str(view[vstart:end], "utf-8", errors="replace")
+        if name == "data":
+            self._event_size += end - start  # what the event holds in memory
             self._data.append(value)
-        elif field == "event":
+        elif name == "event":
             self._event = value
-        elif field == "id":
+        elif name == "id":
             if "\x00" not in value:
                 self._id = value
-        elif field == "retry" and value.isascii() and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
