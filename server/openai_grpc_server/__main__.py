@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from openai_grpc_server import app, config, telemetry
 from openai_grpc_server.auth import Secret
+from openai_grpc_server.errors import redact
 
 
 def _demo_hint(port: int) -> str:
@@ -31,7 +32,7 @@ async def _run(settings: config.Settings) -> None:
         await fake.start()
         # Never hand a real key to the fake, even when one is set in the environment.
         settings = dataclasses.replace(
-            settings, base_url=fake.base_url, api_key=Secret("sk-demo-placeholder")
+            settings, base_url=fake.base_url, api_key=Secret("sk-demo-placeholder"), api_key_file=None
         )
 
     def ready(running: app.Running) -> None:
@@ -65,6 +66,7 @@ def _supervise(settings: config.Settings, argv: Sequence[str] | None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its tenants and key file
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
 
@@ -88,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load(argv)
     except config.ConfigError as exc:
-        print(f"openai-grpc-server: {exc}", file=sys.stderr)
+        # Redacted again: a secret that reached a message by an unforeseen path stays hidden.
+        print(f"openai-grpc-server: {redact(str(exc))}", file=sys.stderr)
         return 2
     if settings.workers > 1:
         return _supervise(settings, argv)
@@ -104,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             uvloop.run(_run(settings))
         else:
             asyncio.run(_run(settings))
+    except config.ConfigError as exc:  # the tenants or key file, read when the server starts
+        print(f"openai-grpc-server: {redact(str(exc))}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"openai-grpc-server: {exc}", file=sys.stderr)
         return 1

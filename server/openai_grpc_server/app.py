@@ -16,8 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from openai_grpc_server import jsonlib, routes
-from openai_grpc_server.config import Settings
-from openai_grpc_server.gateway import Context, Gateway
+from openai_grpc_server.config import ConfigError, Settings
+from openai_grpc_server.errors import GatewayOverloaded
+from openai_grpc_server.gateway import Context, Gateway, deserializer
 from openai_grpc_server.resilience import ResiliencePolicy
 from openai_grpc_server.routes import Kind, Route
 from openai_grpc_server.services.streams import relay_binary, relay_events
@@ -29,23 +30,29 @@ log = logging.getLogger("openai_grpc.app")
 
 
 def _handler(gw: Gateway, route: Route) -> grpc.RpcMethodHandler[Any, Any]:
-    des = route.input_cls.FromString
+    des = deserializer(route)  # bad bytes become INVALID_ARGUMENT, not grpc's UNKNOWN
     ser = route.output_cls.SerializeToString
     if route.kind is Kind.UNARY:
         return grpc.unary_unary_rpc_method_handler(gw.unary(route), des, ser)
     if route.kind is Kind.UPLOAD:
 
         async def upload(requests: AsyncIterator[Any], context: Context) -> Any:
-            async with gw.slots:
-                return await relay_upload(gw, route, requests, context)
+            try:
+                async with gw.slot(context):
+                    return await relay_upload(gw, route, requests, context)
+            except GatewayOverloaded as exc:  # relay_upload reports its own failures
+                await gw.fail(context, None, route, exc)
 
         return grpc.stream_unary_rpc_method_handler(upload, des, ser)
     relay: Callable[..., AsyncIterator[Any]] = relay_events if route.kind is Kind.EVENTS else relay_binary
 
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with gw.slots:
-            async for message in relay(gw, route, request, context):
-                yield message
+        try:
+            async with gw.slot(context):
+                async for message in relay(gw, route, request, context):
+                    yield message
+        except GatewayOverloaded as exc:  # the relay reports its own failures
+            await gw.fail(context, None, route, exc)
 
     return grpc.unary_stream_rpc_method_handler(stream, des, ser)
 
@@ -94,6 +101,10 @@ def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _pending_limit(s: Settings) -> int:
+    return max(20_000, 4 * (s.max_concurrent_rpcs + s.max_queued_rpcs))
+
+
 def default_interceptors(settings: Settings) -> tuple[Any, ...]:
     """OpenTelemetry's server interceptor (one span and the status of every RPC), when tracing
     is on. It costs about a fifth of a unary call's CPU, so it is opt-in (`tracing: true`).
@@ -119,8 +130,11 @@ async def start(
         policy,
         telemetry,
         max_concurrent=settings.max_concurrent_rpcs,
+        max_queued=settings.max_queued_rpcs,
+        queue_wait=settings.queue_wait_seconds,
         embeddings_base64=settings.embeddings_base64,
         coalesce_events=settings.coalesce_events,
+        max_event_bytes=settings.max_event_bytes,
     )
     table = routes.load_routes()
     options = [
@@ -132,6 +146,11 @@ async def start(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         *connection_age_options(settings),
+        # Calls grpc core holds before the event loop picks them up. Past its defaults (1,000
+        # soft, 3,000 hard) core drops them as CANCELLED; with room here every burst reaches
+        # the admission queue, which answers RESOURCE_EXHAUSTED with RetryInfo at once.
+        ("grpc.server.max_pending_requests", _pending_limit(settings)),
+        ("grpc.server.max_pending_requests_hard_limit", _pending_limit(settings)),
     ]
     chain = default_interceptors(settings) if interceptors is None else interceptors
     server = grpc.aio.server(interceptors=chain, options=options)
@@ -155,6 +174,18 @@ async def start(
     return Running(server, port, gw, health_servicer)
 
 
+def reload(settings: Settings, gw: Gateway) -> None:
+    """SIGHUP: read the tenants file and the key file again. Calls in flight keep the credential
+    they started with; a file that does not load leaves the previous tenants in place."""
+    try:
+        authenticator = settings.authenticator()
+    except ConfigError as exc:
+        log.error("reload failed; keeping the previous tenants and keys", extra={"error": str(exc)})
+        return
+    gw.auth = authenticator
+    log.info("reloaded tenants and keys", extra={"tenants": len(authenticator.tenants)})
+
+
 async def serve(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT: then NOT_SERVING, drain in-flight RPCs within the grace, exit."""
     running = await start(settings)
@@ -165,6 +196,8 @@ async def serve(settings: Settings, on_ready: Callable[[Running], None] | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, reload, settings, running.gateway)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
     await running.stop(settings.grace_seconds)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from openai_grpc_server.errors import CallerForbidden, CallerUnauthenticated, MissingApiKey
+from openai_grpc_server.errors import CallerForbidden, CallerUnauthenticated, MissingApiKey, register_secrets
 
 
 class Secret:
@@ -71,6 +71,9 @@ class Authenticator:
         self.mode = mode
         self.default = default
         self.tenants = tuple(tenants)
+        # Redaction is by value: an upstream echoing a key cannot leak it, whatever its shape.
+        keys = [t.credential.api_key.reveal() for t in self.tenants]
+        register_secrets([*keys, default.api_key.reveal() if default else ""])
 
     def authenticate(self, metadata: Mapping[str, str]) -> Credential:
         if self.mode == "none":
@@ -117,4 +120,6 @@ def tenants_from_mapping(data: Any, source: Path) -> list[Tenant]:
             project=item.get("project"),
         )
         tenants.append(Tenant(str(item["name"]), cred, _digest(str(item["token"]))))
+    # Caller tokens are kept only as digests; their values are known here, once.
+    register_secrets(str(item["token"]) for item in items)
     return tenants

@@ -252,8 +252,13 @@ def _decode_wkt(value: JSON, target: Message) -> None:
         raise CodecError(str(exc)) from exc
 
 
-def decode_into(value: JSON, msg: Message) -> None:
-    """Fill `msg` from the JSON value (an object, or an array for a list wrapper)."""
+def decode_into(value: JSON, msg: Message, *, strict: bool = False) -> None:
+    """Fill `msg` from the JSON value (an object, or an array for a list wrapper).
+
+    `strict` (upstream answers): a field that holds objects (a message, or a list of them) given
+    another JSON type is a CodecError: the answer's structure is not the contract's. A scalar of
+    another type still lands in `extra` (OpenAI widens scalars: its own example sends the
+    `search_query` list as one string), and so do unknown keys."""
     plan = plan_for(descriptor_of(msg))
     if plan.desc.full_name in _JSON_WKT:
         _decode_wkt(value, msg)
@@ -261,7 +266,7 @@ def decode_into(value: JSON, msg: Message) -> None:
     if plan.wrapper:
         if not isinstance(value, list):
             raise CodecError(f"{plan.desc.name}: expected an array")
-        _set_repeated(msg, plan.desc.fields[0], value)
+        _set_repeated(msg, plan.desc.fields[0], value, strict)
         return
     if not isinstance(value, dict):
         raise CodecError(f"{plan.desc.name}: expected an object")
@@ -274,10 +279,10 @@ def decode_into(value: JSON, msg: Message) -> None:
             target = plan.unions[key].pick(item)
         if target is not None:
             try:
-                set_field(msg, target, item)
+                set_field(msg, target, item, strict=strict)
                 continue
             except CodecError:
-                if not plan.has_extra:
+                if (strict and _structural(target)) or not plan.has_extra:
                     raise
                 # A value of an unexpected type is kept whole in `extra`, not half in the field.
                 msg.ClearField(target.name)
@@ -289,29 +294,33 @@ def decode_into(value: JSON, msg: Message) -> None:
         getattr(msg, EXTRA).update(extra)
 
 
-def set_field(msg: Message, f: FD, value: JSON) -> None:
+def _structural(f: FD) -> bool:
+    return f.type == FD.TYPE_MESSAGE and message_type(f).full_name not in _JSON_WKT
+
+
+def set_field(msg: Message, f: FD, value: JSON, *, strict: bool = False) -> None:
     if f.is_repeated:
         if f.type == FD.TYPE_MESSAGE and message_type(f).GetOptions().map_entry:
-            _set_map(msg, f, value)
+            _set_map(msg, f, value, strict)
         else:
             if not isinstance(value, list):
                 raise CodecError(f"{f.name}: expected an array")
-            _set_repeated(msg, f, value)
+            _set_repeated(msg, f, value, strict)
         return
     if f.type == FD.TYPE_MESSAGE:
         sub = getattr(msg, f.name)
-        decode_into(value, sub)
+        decode_into(value, sub, strict=strict)
         if not sub.ListFields() and hasattr(msg, "SetInParent"):
             sub.SetInParent()  # `{}` is present, not absent
         return
     setattr(msg, f.name, _scalar(f, value))
 
 
-def _set_repeated(msg: Message, f: FD, values: list[JSON]) -> None:
+def _set_repeated(msg: Message, f: FD, values: list[JSON], strict: bool = False) -> None:
     target = getattr(msg, f.name)
     if f.type == FD.TYPE_MESSAGE:
         for item in values:
-            decode_into(item if item is not None else {}, target.add())
+            decode_into(item if item is not None else {}, target.add(), strict=strict)
         return
     if f.type in _FLOAT_TYPES:
         # Embeddings: thousands of numbers, converted in C by protobuf (which also takes a JSON
@@ -324,7 +333,7 @@ def _set_repeated(msg: Message, f: FD, values: list[JSON]) -> None:
     target.extend(_scalar(f, v) for v in values)
 
 
-def _set_map(msg: Message, f: FD, value: JSON) -> None:
+def _set_map(msg: Message, f: FD, value: JSON, strict: bool = False) -> None:
     if not isinstance(value, dict):
         raise CodecError(f"{f.name}: expected an object")
     target = getattr(msg, f.name)
@@ -333,7 +342,7 @@ def _set_map(msg: Message, f: FD, value: JSON) -> None:
         if v is None:
             continue
         if vf.type == FD.TYPE_MESSAGE:
-            decode_into(v, target[k])
+            decode_into(v, target[k], strict=strict)
         else:
             target[k] = _scalar(vf, v)
 
@@ -345,12 +354,13 @@ def from_json(value: JSON, cls: Callable[[], Message]) -> Message:
 
 
 def decode_response(value: JSON, msg: Message) -> None:
-    """Fill a response message from the upstream body: envelopes take the whole body."""
+    """Fill a response message from the upstream body: envelopes take the whole body. Strict:
+    a known field with the wrong JSON type means the answer is not what the contract says."""
     env = envelope_field(descriptor_of(msg))
     if env is not None:
-        set_field(msg, env, value)
+        set_field(msg, env, value, strict=True)
     else:
-        decode_into(value, msg)
+        decode_into(value, msg, strict=True)
 
 
 # --- proto -> JSON ---------------------------------------------------------------------------

@@ -15,12 +15,13 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
 
 from openai_grpc_server.auth import Authenticator, Credential, Secret, tenants_from_mapping
+from openai_grpc_server.errors import register_secrets
 from openai_grpc_server.resilience import BreakerConfig, RateLimitConfig, RetryConfig
 from openai_grpc_server.upstream.client import UpstreamSettings
 
@@ -38,6 +39,7 @@ class Settings:
     demo: bool = False
     base_url: str = DEFAULT_BASE_URL
     api_key: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    api_key_file: str | None = None  # re-read on SIGHUP
     organization: str | None = None
     project: str | None = None
     connect_timeout: float = 5.0
@@ -45,6 +47,13 @@ class Settings:
     max_connections: int = 1000
     max_concurrent_rpcs: int = 2000
     max_message_bytes: int = 16 * 1024 * 1024
+    # Callers waiting for one of the max_concurrent_rpcs slots, and for how long, before
+    # RESOURCE_EXHAUSTED with RetryInfo (a burst is shed, never left to time out or be cancelled).
+    max_queued_rpcs: int = 2000
+    queue_wait_seconds: float = 10.0
+    # Largest upstream stream event and unary answer; beyond: UPSTREAM_BAD_RESPONSE, read no further.
+    max_event_bytes: int = 16 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024 * 1024
     grace_seconds: float = 20.0
     # A gRPC client keeps one HTTP/2 connection, so behind a ClusterIP Service it sticks to one
     # pod: after this age the server sends GOAWAY and the client reconnects, through the Service,
@@ -89,14 +98,22 @@ class Settings:
             max_connections=self.max_connections,
             max_keepalive=self.max_connections,
             transport=self.upstream_transport,
+            max_response_bytes=self.max_response_bytes,
         )
 
     def authenticator(self) -> Authenticator:
-        default = Credential("default", self.api_key, self.organization, self.project)
+        """Callers and their upstream keys, read now (at start, and again on SIGHUP: the tenants
+        file and the key file). Raises ConfigError with one line that never holds a secret."""
+        key = read_api_key(self.api_key_file) if self.api_key_file else self.api_key
+        default = Credential("default", key, self.organization, self.project)
         if self.auth_mode == "tokens":
             assert self.tenants_file is not None
             data = _read_file(Path(self.tenants_file))
-            return Authenticator("tokens", default, tenants_from_mapping(data, Path(self.tenants_file)))
+            try:
+                tenants = tenants_from_mapping(data, Path(self.tenants_file))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            return Authenticator("tokens", default, tenants)
         return Authenticator("none", default)
 
 
@@ -112,6 +129,10 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("max_connections", "OPENAI_GRPC_MAX_CONNECTIONS", int),
     ("max_concurrent_rpcs", "OPENAI_GRPC_MAX_CONCURRENT_RPCS", int),
     ("max_message_bytes", "OPENAI_GRPC_MAX_MESSAGE_BYTES", int),
+    ("max_queued_rpcs", "OPENAI_GRPC_MAX_QUEUED_RPCS", int),
+    ("queue_wait_seconds", "OPENAI_GRPC_QUEUE_WAIT_SECONDS", float),
+    ("max_event_bytes", "OPENAI_GRPC_MAX_EVENT_BYTES", int),
+    ("max_response_bytes", "OPENAI_GRPC_MAX_RESPONSE_BYTES", int),
     ("grace_seconds", "OPENAI_GRPC_GRACE_SECONDS", float),
     ("max_connection_age_seconds", "OPENAI_GRPC_MAX_CONNECTION_AGE_SECONDS", float),
     ("max_connection_age_grace_seconds", "OPENAI_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", float),
@@ -210,9 +231,37 @@ def _read_file(path: Path) -> Any:
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
+        # Never the parser's message: it quotes the offending line, which may hold a key.
+        where = getattr(exc, "lineno", None) or getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" (near line {where + (0 if hasattr(exc, 'lineno') else 1)})" if where is not None else ""
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}{at}") from exc
+
+
+def read_api_key(path: str) -> Secret:
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        # The path is not echoed: a key pasted where the path belongs would be printed.
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read the API key file (--api-key-file): {why}") from None
+    if any(c.isspace() or ord(c) < 32 for c in key):
         raise ConfigError(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from exc
+            "the OpenAI API key contains whitespace or control characters; check how it was set"
+        )
+    return Secret(key)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that never abbreviates (`--api-key` is not `--api-key-file`) and whose errors
+    never echo a value (a key pasted after an unknown or misspelled flag)."""
+
+    def error(self, message: str) -> NoReturn:
+        head, sep, rest = message.partition("unrecognized arguments:")
+        if sep:
+            flags = [a.split("=")[0] for a in rest.split() if a.startswith("-")]
+            message = f"{head}unrecognized arguments: {' '.join(flags) or '(values not shown)'}"
+        message = re.sub(r"'[^']*'", "(value not shown)", message)
+        raise ConfigError(message)
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:
@@ -230,11 +279,12 @@ def _convert(name: str, kind: type, raw: Any) -> Any:
             raise ValueError(raw)
         return kind(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name!r}: {raw!r} is not a valid {kind.__name__}") from exc
+        # The value is not echoed: it may be a key set in the wrong variable.
+        raise ConfigError(f"setting {name!r} is not a valid {kind.__name__}") from exc
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="openai-grpc-server", description="gRPC gateway for the OpenAI API")
+    p = _Parser(prog="openai-grpc-server", description="gRPC gateway for the OpenAI API", allow_abbrev=False)
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port to listen on (default 50051)")
     p.add_argument("--demo", action="store_true", help="serve from the embedded fake upstream; no key needed")
@@ -284,19 +334,19 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if env.get("OPENAI_API_KEY"):
         key = env["OPENAI_API_KEY"]
     key = key.strip()
+    register_secrets([key])  # before anything else can fail and print it
     if args.api_key_file:
         key_file = args.api_key_file
     if key_file:
-        try:
-            key = Path(str(key_file)).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the API key file {key_file}: {exc.strerror or exc}") from exc
-    key = key.strip()
-    if any(c.isspace() or ord(c) < 32 for c in key):
-        raise ConfigError(
-            "the OpenAI API key contains whitespace or control characters; check how it was set"
-        )
-    values["api_key"] = Secret(key)
+        secret = read_api_key(str(key_file))
+        values["api_key_file"] = str(key_file)
+    else:
+        if any(c.isspace() or ord(c) < 32 for c in key):
+            raise ConfigError(
+                "the OpenAI API key contains whitespace or control characters; check how it was set"
+            )
+        secret = Secret(key)
+    values["api_key"] = secret
 
     for section, cls in _SECTIONS:
         merged: dict[str, Any] = dict(file_data.get(section) or {})
@@ -356,4 +406,9 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("grace_seconds must not be negative")
     if s.max_connection_age_seconds < 0 or s.connection_age_grace() < 0:
         raise ConfigError("max_connection_age_seconds and its grace must not be negative (0: no maximum age)")
+    for name in ("max_event_bytes", "max_response_bytes", "max_concurrent_rpcs"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if s.max_queued_rpcs < 0 or s.queue_wait_seconds < 0:
+        raise ConfigError("max_queued_rpcs and queue_wait_seconds must not be negative")
     return s

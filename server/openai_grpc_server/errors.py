@@ -13,7 +13,7 @@ import dataclasses
 import math
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import grpc
@@ -25,11 +25,32 @@ Code = grpc.StatusCode
 
 
 # Anything that looks like an OpenAI key or a bearer credential, wherever it shows up (an
-# upstream or proxy that echoes the key, an exception quoting a header).
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[^\s'\"]{6,})")
+# upstream or proxy that echoes the key, an exception quoting a header). `Bearer <token>` (a
+# placeholder in our own hints) is not a credential.
+_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+(?!<)[^\s'\"]{6,})")
+# Shorter values would redact ordinary words; no real key or token is this short.
+MIN_SECRET_LENGTH = 8
+_secret_values: set[str] = set()
+_by_value: re.Pattern[str] | None = None
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Redact these exact values (configured keys, caller tokens) whatever they look like.
+
+    Values are only added: after a reload, calls still in flight may carry an old key."""
+    global _by_value  # noqa: PLW0603 - one process-wide redactor, read on every error and log line
+    new = {v for v in values if len(v) >= MIN_SECRET_LENGTH} - _secret_values
+    if not new:
+        return
+    _secret_values.update(new)
+    # Longest first, so a key that contains another is removed whole.
+    ordered = sorted(_secret_values, key=len, reverse=True)
+    _by_value = re.compile("|".join(re.escape(v) for v in ordered))
 
 
 def redact(text: str) -> str:
+    if _by_value is not None:
+        text = _by_value.sub("[REDACTED]", text)
     return _SECRET.sub("[REDACTED]", text)
 
 
@@ -187,6 +208,15 @@ class SslError(NetworkError):
     retryable = False
 
 
+class ProtocolError(NetworkError):
+    """The upstream answered, but not in HTTP (a wrong port, a non-HTTP service)."""
+
+    details: ClassVar[frozenset[str]] = frozenset()
+    reason = "UPSTREAM_PROTOCOL_ERROR"
+    # The same address will answer the same way: a configuration problem, not a blip.
+    retryable = False
+
+
 # --- Rate limits -----------------------------------------------------------------------------
 class RateLimitError(OpenAIError):
     details = frozenset({"RetryInfo", "QuotaFailure"})
@@ -204,6 +234,15 @@ class QuotaExceeded(RateLimitError):
     details = frozenset({"QuotaFailure"})
     reason = "QUOTA_EXCEEDED"
     retryable = False
+
+
+class GatewayOverloaded(RateLimitError):
+    """Local: every slot is busy and the wait queue is full (or the wait ran out)."""
+
+    details = frozenset({"RetryInfo"})
+    reason = "GATEWAY_OVERLOADED"
+    error_code = "GATEWAY_OVERLOADED"
+    retryable = False  # nothing upstream failed: the caller retries after RetryInfo
 
 
 class TokenLimitExceeded(RateLimitError):
@@ -268,6 +307,20 @@ class InvalidContentType(ResponseError):
 
 class CodecFailure(DeserializationError):
     """A 2xx body parsed as JSON but does not fit the response message."""
+
+
+class ResponseTooLarge(ResponseError):
+    """A unary answer or one stream event beyond the configured maximum."""
+
+    @classmethod
+    def of(cls, size: int, limit: int, headers: Mapping[str, str]) -> ResponseTooLarge:
+        return cls(
+            f"OpenAI's answer is larger than the gateway accepts ({size} bytes so far, limit {limit}; "
+            "raise max_response_bytes / OPENAI_GRPC_MAX_RESPONSE_BYTES if this is expected)",
+            request_id=headers.get("x-request-id"),
+            headers=headers,
+            metadata={"limitBytes": str(limit), "setting": "max_response_bytes"},
+        )
 
 
 class StreamInterrupted(ResponseError):
@@ -481,19 +534,57 @@ def classify_response(
     )
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything it was raised from, nearest first (bounded: chains can loop)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_tls(exc: BaseException) -> bool:
+    for e in _chain(exc):
+        if isinstance(e, ssl.SSLError | ssl.CertificateError):
+            return True
+        if type(e).__module__.startswith("aiohttp") and "SSL" in type(e).__name__:
+            return True  # aiohttp's ClientConnectorSSLError / ClientConnectorCertificateError
+    text = str(exc).lower()
+    return "certificate verify" in text or "[ssl" in text
+
+
+# What aiohttp and h11 say when the bytes that came back are not an HTTP response.
+_NOT_HTTP = ("illegal status line", "bad status line", "invalid status line", "expected http/")
+
+
+def _is_not_http(exc: BaseException) -> bool:
+    for e in _chain(exc):
+        name = type(e).__name__
+        if name in ("BadStatusLine", "BadHttpMessage"):
+            return True
+        text = str(e).lower()
+        if any(m in text for m in _NOT_HTTP):
+            return True
+    return False
+
+
 def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError:
-    """Turn a transport exception (httpx, ssl, OS) into the taxonomy."""
+    """Turn a transport exception (httpx, aiohttp, ssl, OS) into the taxonomy."""
     if isinstance(exc, OpenAIError):
         return exc
-    inner: BaseException | None = exc.__cause__ or exc.__context__
-    while inner is not None:
+    for inner in _chain(exc):
         if isinstance(inner, OpenAIError):
             return inner  # raised by our own request body (an upload) while it was being sent
-        inner = inner.__cause__ or inner.__context__
     where = f" to {base_url}" if base_url else ""
+    detail = redact(str(exc)) or type(exc).__name__
     if isinstance(exc, httpx.LocalProtocolError):
         # Nothing reached the network: the request itself is malformed (a key with a newline).
-        return InvalidConfiguration(f"the gateway could not build the upstream request: {redact(str(exc))}")
+        return InvalidConfiguration(f"the gateway could not build the upstream request: {detail}")
+    if _is_tls(exc):
+        return SslError(f"TLS with the upstream{where} failed (certificate or protocol): {detail}")
+    if _is_not_http(exc):
+        return ProtocolError(f"the upstream{where} did not answer in HTTP: {detail}")
     cause = exc.__cause__
     if cause is not None and type(cause).__module__.startswith("aiohttp"):
         # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look underneath.
@@ -502,19 +593,18 @@ def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError
             return ConnectionFailed(f"the upstream connection failed{where}: {redact(str(cause)) or name}")
     if isinstance(exc, httpx.TimeoutException):
         return Timeout(f"OpenAI did not answer in time{where} ({type(exc).__name__})")
-    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):
-        return SslError(f"TLS handshake{where} failed: {exc}")
     if isinstance(exc, httpx.ConnectError):
         text = str(exc).lower()
-        if "certificate" in text or "ssl" in text or "tls" in text:
-            return SslError(f"TLS handshake{where} failed: {exc}")
         if "name or service not known" in text or "nodename" in text or "getaddrinfo" in text:
-            return DnsResolutionFailed(f"could not resolve the upstream host{where}: {exc}")
-        return ConnectionFailed(f"could not connect{where}: {exc}")
+            return DnsResolutionFailed(f"could not resolve the upstream host{where}: {detail}")
+        return ConnectionFailed(f"could not connect{where}: {detail}")
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return ConnectionFailed(f"the upstream connection broke{where}: {exc}")
+        return ConnectionFailed(f"the upstream connection broke{where}: {detail}")
     if isinstance(exc, httpx.TransportError | OSError):
-        return ConnectionFailed(f"network error{where}: {exc}")
+        return ConnectionFailed(f"network error{where}: {detail}")
+    if type(exc).__module__.startswith("aiohttp"):
+        # An aiohttp error httpx-aiohttp does not map (a response it could not parse).
+        return ConnectionFailed(f"the upstream connection failed{where}: {detail}")
     return GatewayInternal("internal error in the gateway")
 
 

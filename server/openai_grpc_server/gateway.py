@@ -9,10 +9,11 @@ and the traceback goes to the log only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
@@ -21,7 +22,14 @@ from opentelemetry.trace import Span
 
 from openai_grpc_server import codec, jsonlib, routes, status, validation
 from openai_grpc_server.auth import Authenticator, Credential
-from openai_grpc_server.errors import CodecFailure, GatewayInternal, OpenAIError
+from openai_grpc_server.errors import (
+    CodecFailure,
+    GatewayInternal,
+    GatewayOverloaded,
+    MalformedRequest,
+    OpenAIError,
+    redact,
+)
 from openai_grpc_server.resilience import Attempt, Operation, ResiliencePolicy
 from openai_grpc_server.routes import Route
 from openai_grpc_server.services import embeddings
@@ -62,6 +70,81 @@ def total_tokens(usage: Mapping[str, Any]) -> int:
     return sum(p for p in parts if isinstance(p, int))
 
 
+class Undecodable:
+    """What the request deserializer hands over for bytes that are not the request message
+    (bad protobuf, invalid UTF-8): the handler answers INVALID_ARGUMENT after authenticating,
+    instead of grpc's UNKNOWN "Unexpected <class DecodeError>"."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self, route: Route) -> MalformedRequest:
+        return MalformedRequest(
+            f"the request bytes are not a valid {route.input_desc.full_name}: {self.reason}",
+            metadata={"requestMessage": route.input_desc.full_name},
+        )
+
+
+def deserializer(route: Route) -> Callable[[bytes], Message | Undecodable]:
+    parse = route.input_cls.FromString
+
+    def des(data: bytes) -> Message | Undecodable:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
+            return Undecodable(type(exc).__name__)
+
+    return des
+
+
+def ensure_decoded(route: Route, request: Message | Undecodable) -> Message:
+    if isinstance(request, Undecodable):
+        raise request.error(route)
+    return request
+
+
+class Admission:
+    """At most `slots` calls at work and `queue` waiting for a slot; a caller beyond that, or
+    one that waited `wait` seconds, gets RESOURCE_EXHAUSTED with RetryInfo at once.
+
+    grpc.aio's maximum_concurrent_rpcs is unreliable, and an unbounded wait lets a burst pile up
+    until grpc itself cancels calls: shed load early and say when to come back instead."""
+
+    def __init__(self, slots: int, queue: int, wait: float) -> None:
+        self._sem = asyncio.Semaphore(slots)
+        self.queue = queue
+        self.wait = wait
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, time_left: float | None) -> AsyncIterator[None]:
+        if self._sem.locked():
+            if self.waiting >= self.queue:
+                raise self._overloaded("every slot is busy and the wait queue is full")
+            wait = self.wait if time_left is None else max(0.0, min(self.wait, time_left - 0.05))
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._sem.acquire(), wait)
+            except TimeoutError:
+                raise self._overloaded(f"no slot came free within {wait:.1f} s") from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._sem.acquire()  # a free slot: never blocks
+        try:
+            yield
+        finally:
+            self._sem.release()
+
+    @staticmethod
+    def _overloaded(why: str) -> GatewayOverloaded:
+        return GatewayOverloaded(
+            f"the gateway is at capacity ({why}); retry after the RetryInfo delay", retry_after=1.0
+        )
+
+
 @dataclasses.dataclass
 class Call:
     """One RPC in flight: who calls, what it costs, where it goes."""
@@ -87,9 +170,13 @@ class Gateway:
         telemetry: Telemetry,
         *,
         max_concurrent: int = 2000,
+        max_queued: int = 2000,
+        queue_wait: float = 10.0,
         embeddings_base64: bool = True,
         coalesce_events: bool = True,
+        max_event_bytes: int = 16 * 1024 * 1024,
     ) -> None:
+        self.max_event_bytes = max_event_bytes
         self.embeddings_base64 = embeddings_base64
         # Relay the events of one upstream read in one gRPC message (each message costs ~30 µs).
         self.coalesce_events = coalesce_events
@@ -98,9 +185,20 @@ class Gateway:
         self.policy = policy
         self.telemetry = telemetry
         # grpc.aio's maximum_concurrent_rpcs is unreliable: bound in-flight work ourselves.
-        self.slots = asyncio.Semaphore(max_concurrent)
+        self.admission = Admission(max_concurrent, max_queued, queue_wait)
 
     # --- shared steps ------------------------------------------------------------------------
+    def slot(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place among the calls at work (or an immediate RESOURCE_EXHAUSTED)."""
+        return self.admission(context.time_remaining())
+
+    def authenticate(self, context: Context) -> Credential:
+        """First step of every call: nothing about the request is looked at before this."""
+        if self.auth.mode == "none":
+            return self.auth.authenticate({})  # no caller metadata to read
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return self.auth.authenticate(metadata)
+
     def begin(
         self,
         route: Route,
@@ -108,14 +206,10 @@ class Gateway:
         context: Context,
         body: Mapping[str, Any] | None,
         size: int,
+        credential: Credential,
         started: float | None = None,
     ) -> Call:
-        """Authenticate the caller and describe the call for the resilience policy."""
-        if self.auth.mode == "none":
-            credential = self.auth.authenticate({})  # no caller metadata to read
-        else:
-            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            credential = self.auth.authenticate(metadata)
+        """Describe the authenticated call for the resilience policy."""
         deadline = self.policy.deadline_in(context.time_remaining())
         op = Operation(
             endpoint=route.endpoint,
@@ -124,6 +218,8 @@ class Gateway:
             deadline=deadline,
         )
         model = str(body.get("model", "")) if body else str(getattr(request, "model", "") or "")
+        # The model only labels metrics, spans and logs: a secret pasted into it must not leak there.
+        model = redact(model)
         return Call(route, credential, op, model, started or time.perf_counter())
 
     def observe(self, call: Call, forwarded: list[tuple[str, str]]) -> None:
@@ -151,12 +247,14 @@ class Gateway:
         await status.abort(context, err, forwarded_metadata(err.headers))
 
     # --- unary -------------------------------------------------------------------------------
-    def unary(self, route: Route) -> Callable[[Message, Context], Awaitable[Message]]:
-        async def handler(request: Message, context: Context) -> Message:
-            async with self.slots:
-                started = time.perf_counter()
-                call: Call | None = None
-                try:
+    def unary(self, route: Route) -> Callable[[Message | Undecodable, Context], Awaitable[Message]]:
+        async def handler(raw: Message | Undecodable, context: Context) -> Message:
+            started = time.perf_counter()
+            call: Call | None = None
+            try:
+                async with self.slot(context):
+                    credential = self.authenticate(context)
+                    request = ensure_decoded(route, raw)
                     validation.check(route, request)
                     req = routes.build_request(route, request)
                     unpack = (
@@ -165,14 +263,16 @@ class Gateway:
                         and embeddings.prepare(req.body or {})
                     )
                     payload = jsonlib.dumps(req.body) if req.body is not None else None
-                    call = self.begin(route, request, context, req.body, len(payload or b""), started)
+                    call = self.begin(
+                        route, request, context, req.body, len(payload or b""), credential, started
+                    )
                     with self.telemetry.request_span(call, streaming=False):
                         return await self._unary(route, call, req, payload, context, unpack)
-                except Exception as exc:
-                    await self.fail(context, call, route, exc, started)
-                except asyncio.CancelledError:  # the caller left: logged, and always re-raised
-                    self.telemetry.cancelled(route, call, started)
-                    raise
+            except Exception as exc:
+                await self.fail(context, call, route, exc, started)
+            except asyncio.CancelledError:  # the caller left: logged, and always re-raised
+                self.telemetry.cancelled(route, call, started)
+                raise
 
         return handler
 
@@ -205,20 +305,27 @@ class Gateway:
         self.telemetry.response(call, value.body, usage)
         if unpack_embeddings:
             embeddings.restore(value.body)
-        response = route.output_cls()
-        try:
-            codec.decode_response(value.body, response)
-        except codec.CodecError as exc:
-            raise CodecFailure(
-                f"OpenAI's answer does not fit {route.output_desc.name}: {exc}",
-                request_id=value.headers.get("x-request-id"),
-                headers=value.headers,
-            ) from exc
+        response = decode_answer(route, value)
         # Trailing, not initial metadata: a separate initial-metadata send costs a whole extra
         # batch in grpc.aio (13 % of a unary call's CPU here); trailers ride with the status.
         context.set_trailing_metadata(forwarded)
         self.telemetry.request_done(route, call)
         return response
+
+
+def decode_answer(route: Route, value: JsonResponse) -> Message:
+    """The response message for a 2xx JSON answer; one that does not fit is UPSTREAM_BAD_RESPONSE."""
+    response = route.output_cls()
+    try:
+        codec.decode_response(value.body, response)
+    except ValueError as exc:  # CodecError, or a value protobuf itself rejects (int64 overflow)
+        raise CodecFailure(
+            f"OpenAI's answer does not fit {route.output_desc.name}: {exc}",
+            upstream_status=value.status,
+            request_id=value.headers.get("x-request-id"),
+            headers=value.headers,
+        ) from exc
+    return response
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from openai_grpc_server.errors import OpenAIError
+from openai_grpc_server.errors import OpenAIError, redact
 
 DOMAIN = "openai-grpc"
 # When the upstream gave no delay, a short hint still tells callers the failure is transient.
@@ -38,21 +38,23 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
+    """Every string that came from the upstream or the caller is redacted here, the one exit
+    of a failure: an upstream echoing a key in `param`, `code` or a request id cannot leak it."""
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)
     meta = info.metadata
     meta["errorCode"] = err.error_code
     if err.upstream_status is not None:
         meta["upstreamStatus"] = str(err.upstream_status)
     if err.request_id:
-        meta["requestId"] = err.request_id
+        meta["requestId"] = redact(err.request_id)
     if err.openai_type:
-        meta["openaiType"] = err.openai_type
+        meta["openaiType"] = redact(err.openai_type)
     if err.openai_code:
-        meta["openaiCode"] = err.openai_code
+        meta["openaiCode"] = redact(err.openai_code)
     if err.param:
-        meta["param"] = err.param
+        meta["param"] = redact(err.param)
     for k, v in err.metadata.items():
-        meta[k] = v
+        meta[k] = redact(v)
     details = [_pack(info)]
     kinds = err.details
     if ("RetryInfo" in kinds and err.retryable) or ("RetryInfo" in kinds and err.retry_after is not None):
@@ -70,19 +72,19 @@ def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
             )
         )
     if "BadRequest" in kinds:
+        violation = error_details_pb2.BadRequest.FieldViolation
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in err.violations
-        ] or [error_details_pb2.BadRequest.FieldViolation(field=err.param or "", description=err.message)]
+            violation(field=redact(v.field), description=redact(v.description)) for v in err.violations
+        ] or [violation(field=redact(err.param or ""), description=err.message)]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
     if "RequestInfo" in kinds:
-        details.append(_pack(error_details_pb2.RequestInfo(request_id=err.request_id or "")))
+        details.append(_pack(error_details_pb2.RequestInfo(request_id=redact(err.request_id or ""))))
     if "ResourceInfo" in kinds:
         rtype, rname = err.resource or ("", "")
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type=rtype, resource_name=rname, description=err.message
+                    resource_type=redact(rtype), resource_name=redact(rname), description=err.message
                 )
             )
         )
@@ -93,7 +95,7 @@ def to_rpc_status(err: OpenAIError) -> status_pb2.Status:
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
                             type="STATE",
-                            subject=err.resource[1] if err.resource else "",
+                            subject=redact(err.resource[1]) if err.resource else "",
                             description=err.message,
                         )
                     ]
@@ -111,5 +113,6 @@ def trailing_metadata(err: OpenAIError, extra: Metadata = ()) -> tuple[tuple[str
 async def abort(
     context: grpc.aio.ServicerContext[object, object], err: OpenAIError, extra: Metadata = ()
 ) -> NoReturn:
+    # `extra` is forwarded upstream headers, already redacted by `forwarded_metadata`.
     await context.abort(err.code, err.message, trailing_metadata=trailing_metadata(err, extra))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

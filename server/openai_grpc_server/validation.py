@@ -7,10 +7,61 @@ the chat rules apply to any request message that has those fields.
 
 from __future__ import annotations
 
+import functools
+
+from google.protobuf import descriptor
 from google.protobuf.message import Message
 
+from openai_grpc_server import codec
 from openai_grpc_server.errors import FieldViolation, ValidationError
 from openai_grpc_server.routes import Route
+
+# Values an HTTP client rewrites as dot segments (RFC 3986 5.2.4), reaching another resource.
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+@functools.cache
+def _reserved_keys(desc: descriptor.Descriptor, params: tuple[str, ...]) -> frozenset[str]:
+    """Keys `extra` may not carry: typed fields and unions (they would bypass validation),
+    path parameters (routing) and `stream` (the RPC decides whether the call streams)."""
+    plan = codec.plan_for(desc)
+    return frozenset({*plan.fields, *plan.unions, *params, "stream"})
+
+
+def _path_and_extra(msg: Message, params: tuple[str, ...], prefix: str = "") -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    for param in params:
+        value = getattr(msg, param, "")
+        if not value:
+            out.append(FieldViolation(prefix + param, f"`{param}` is required: it is part of the URL"))
+        elif value in _DOT_SEGMENTS:
+            out.append(
+                FieldViolation(prefix + param, f"`{param}` cannot be {value!r}: it is one URL path segment")
+            )
+    desc = msg.DESCRIPTOR
+    if codec.EXTRA in desc.fields_by_name and msg.HasField(codec.EXTRA):
+        reserved = _reserved_keys(desc, params)
+        for key in getattr(msg, codec.EXTRA):
+            if key in reserved:
+                out.append(
+                    FieldViolation(
+                        f"{prefix}extra.{key}",
+                        f"`extra` adds only what the contract does not know; `{key}` is "
+                        "set by its own field or by the RPC",
+                    )
+                )
+    return out
+
+
+def _raise(violations: list[FieldViolation]) -> None:
+    if violations:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise ValidationError(f"request validation failed: {summary}", violations=tuple(violations))
+
+
+def check_upload_metadata(route: Route, meta: Message) -> None:
+    """The first message of an upload: its path parameters and `extra` (fields `metadata.*`)."""
+    _raise(_path_and_extra(meta, route.path_params, "metadata."))
 
 _CHAT_REQUESTS = frozenset({"CreateChatCompletionRequest", "StreamChatCompletionRequest"})
 
@@ -21,15 +72,10 @@ def _has(msg: Message, name: str) -> bool:
 
 
 def check(route: Route, msg: Message, *, streaming: bool = False) -> None:
-    violations: list[FieldViolation] = []
-    for param in route.path_params:
-        if not getattr(msg, param, ""):
-            violations.append(FieldViolation(param, f"`{param}` is required: it is part of the URL"))
+    violations = _path_and_extra(msg, route.path_params)
     if msg.DESCRIPTOR.name in _CHAT_REQUESTS:
         violations.extend(_chat(msg, streaming))
-    if violations:
-        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        raise ValidationError(f"request validation failed: {summary}", violations=tuple(violations))
+    _raise(violations)
 
 
 def _chat(msg: Message, streaming: bool) -> list[FieldViolation]:

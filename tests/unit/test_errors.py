@@ -898,3 +898,23 @@ def test_no_key_when_the_key_has_a_stray_newline() -> None:
     exc = httpx.LocalProtocolError(f"Illegal header value b'Bearer {API_KEY}\\n'")
     err = errors.classify_exception(exc, base_url="https://api.openai.com/v1")
     assert_no_key(err)
+
+
+# --- redaction by value (issue 9) -------------------------------------------------------------
+
+
+def test_registered_values_are_redacted_whatever_they_look_like() -> None:
+    key, token = "plainkey-for-redaction-unit-1", "plaintoken-for-redaction-unit-2"
+    errors.register_secrets([key, token, "short"])
+    text = errors.redact(f"key {key} token {token} word short")
+    assert key not in text and token not in text
+    assert "short" in text, "values shorter than MIN_SECRET_LENGTH would redact ordinary words"
+    body = f'{{"error": {{"message": "{key}"}}}}'.encode()
+    err = errors.classify_response(401, {"x-request-id": f"req-{key}"}, body)
+    assert key not in err.message
+
+
+def test_the_bearer_placeholder_in_our_own_hint_survives() -> None:
+    hint = "send `authorization: Bearer <token>` metadata with a token of this gateway"
+    assert errors.redact(hint) == hint
+    assert "abcdef123456" not in errors.redact("authorization: Bearer abcdef123456")

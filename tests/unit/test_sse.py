@@ -390,3 +390,42 @@ def test_any_chunking_decodes_like_one_piece(
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12), label="cuts")
     assert decode(split_at(raw, cuts)) == whole
     assert decode(one_byte_chunks(raw)) == whole
+
+
+# --- size limit and cost (issue 9) -----------------------------------------------------------
+
+
+def test_one_long_event_in_many_chunks_decodes_whole() -> None:
+    # A 1 MiB line in 1 KiB reads: the buffer grows, nothing is lost or split.
+    data = b"data: " + b"x" * (1 << 20) + b"\n\n"
+    assert decode(data[i : i + 1024] for i in range(0, len(data), 1024)) == [ev("x" * (1 << 20))]
+
+
+def test_an_event_over_the_limit_stops_the_decoder_after_the_events_before_it() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    got = decoder.feed(b"data: a\n\ndata: " + b"x" * 200)
+    assert got == [ev("a")]
+    assert decoder.overflow
+    assert decoder.feed(b"\n\ndata: b\n\n") == []  # nothing more is decoded
+    assert decoder.close() == []
+
+
+def test_the_limit_counts_every_data_line_of_one_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    events: list[SSEEvent] = []
+    for _ in range(20):
+        events += decoder.feed(b"data: 0123456789\n")
+    assert events == [] and decoder.overflow
+
+
+def test_events_at_the_limit_pass_and_the_count_restarts_per_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    line = b"data: " + b"y" * 50 + b"\n\n"
+    assert decoder.feed(line * 3) == [ev("y" * 50)] * 3
+    assert not decoder.overflow
+
+
+def test_seen_bytes_tells_a_silent_stream_from_a_non_sse_one() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"<html>not an event stream</html>\n") == []
+    assert decoder.seen_bytes == 33

@@ -23,12 +23,23 @@ from opentelemetry.trace import Span
 
 from openai_grpc_server import codec, jsonlib, routes, validation
 from openai_grpc_server.errors import (
+    DeserializationError,
+    InvalidContentType,
     OpenAIError,
+    ResponseTooLarge,
     StreamInterrupted,
     classify_exception,
     classify_stream_error,
 )
-from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
+from openai_grpc_server.gateway import (
+    Call,
+    Context,
+    Gateway,
+    Undecodable,
+    ensure_decoded,
+    total_tokens,
+    usage_of,
+)
 from openai_grpc_server.resilience import Attempt, Reservation
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata
@@ -84,6 +95,8 @@ async def _open_upstream(
         stream=True,
     )
     try:
+        if not raw:
+            _expect_event_stream(response)
         chunks = response.aiter_raw() if raw else response.aiter_bytes()
         async for chunk in chunks:
             first = decode(chunk)
@@ -92,9 +105,30 @@ async def _open_upstream(
         return _Open(response, chunks, [], done=True)
     except BaseException as exc:
         await asyncio.shield(response.aclose())
-        if isinstance(exc, httpx.HTTPError):
-            raise classify_exception(exc) from exc
+        if isinstance(exc, Exception) and not isinstance(exc, OpenAIError):
+            gw.upstream.reraise(exc)
         raise
+
+
+def _expect_event_stream(response: httpx.Response) -> None:
+    """A 200 that is not an event stream (an HTML page, a whole JSON completion) is a wrong
+    answer, not a cut stream: retrying would pay for the same useless answer again."""
+    ctype = response.headers.get("content-type", "")
+    if ctype and not ctype.lower().startswith("text/event-stream"):
+        raise InvalidContentType(
+            f"OpenAI answered a stream request with {ctype.split(';')[0]} instead of an event stream",
+            upstream_status=response.status_code,
+            request_id=response.headers.get("x-request-id"),
+            headers=response.headers,
+        )
+
+
+def event_too_large(limit: int, sent: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"an event in OpenAI's stream is larger than the gateway accepts (limit {limit} bytes; raise "
+        f"max_event_bytes / OPENAI_GRPC_MAX_EVENT_BYTES if this is expected), after {sent} messages",
+        metadata={"limitBytes": str(limit), "setting": "max_event_bytes", "messagesDelivered": str(sent)},
+    )
 
 
 class EventConverter:
@@ -113,11 +147,11 @@ class EventConverter:
             member = _member_for(sse.event)
             target = codec.descriptor_of(msg).fields_by_name.get(member)
             if target is not None:
-                codec.set_field(msg, target, payload)
+                codec.set_field(msg, target, payload, strict=True)
             elif "extra" in codec.descriptor_of(msg).fields_by_name:
                 codec.decode_into({"data": payload}, msg)  # an event this proto does not know yet
             return msg
-        codec.decode_into(payload, msg)
+        codec.decode_into(payload, msg, strict=True)
         return msg
 
 
@@ -164,7 +198,7 @@ def _is_error(sse: SSEEvent, payload: Any) -> bool:
 
 
 async def relay_events(
-    gw: Gateway, route: Route, request: Message, context: Context
+    gw: Gateway, route: Route, raw: Message | Undecodable, context: Context
 ) -> AsyncIterator[Message]:
     started = time.perf_counter()
     call: Call | None = None
@@ -174,21 +208,34 @@ async def relay_events(
     reservation: Reservation | None = None
     converter = _converter(route)
     try:
+        credential = gw.authenticate(context)
+        request = ensure_decoded(route, raw)
         validation.check(route, request, streaming=True)
         req = routes.build_request(route, request, stream=True)
         hide_usage = _ask_for_usage(route, req.body)
         body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-        call = gw.begin(route, request, context, req.body, len(body_bytes or b""), started)
+        call = gw.begin(route, request, context, req.body, len(body_bytes or b""), credential, started)
         span = gw.telemetry.stream_span(call)
         active = call
 
         async def attempt(a: Attempt) -> _Open:
-            decoder = SSEDecoder()  # a retried attempt starts from a clean slate
-            opened = await _open_upstream(
-                gw, route, active, req, a, decoder.feed, raw=False, payload=body_bytes
-            )
+            decoder = SSEDecoder(gw.max_event_bytes)  # a retried attempt starts from a clean slate
+
+            def feed(chunk: bytes) -> list[SSEEvent]:
+                events = decoder.feed(chunk)
+                if not events and decoder.overflow:
+                    raise event_too_large(gw.max_event_bytes, 0)
+                return events
+
+            opened = await _open_upstream(gw, route, active, req, a, feed, raw=False, payload=body_bytes)
             if not opened.first:
                 await asyncio.shield(opened.response.aclose())
+                if decoder.seen_bytes:
+                    raise DeserializationError(
+                        f"OpenAI's stream carried no server-sent event in {decoder.seen_bytes} bytes",
+                        upstream_status=opened.response.status_code,
+                        request_id=opened.response.headers.get("x-request-id"),
+                    )
                 raise StreamInterrupted("OpenAI closed the stream before sending any event")
             opened.decoder = decoder
             return opened
@@ -214,7 +261,10 @@ async def relay_events(
                 try:
                     payload = jsonlib.loads(sse.data)
                 except jsonlib.JSONDecodeError:
-                    raise StreamInterrupted(
+                    if out:  # events that arrived before the broken one still reach the caller
+                        yield route.output_cls(events=out)
+                        sent += 1
+                    raise DeserializationError(
                         f"OpenAI sent an event that is not JSON after {sent} messages",
                         metadata={"messagesDelivered": str(sent)},
                     ) from None
@@ -231,7 +281,17 @@ async def relay_events(
                 etype = payload.get("type") if isinstance(payload, dict) else None
                 if sse.event in _TERMINAL_TYPES or etype in _TERMINAL_TYPES:
                     finished = True
-                out.append(converter.convert(sse, payload))
+                try:
+                    out.append(converter.convert(sse, payload))
+                except codec.CodecError as exc:
+                    if out:
+                        yield route.output_cls(events=out)
+                        sent += 1
+                    raise DeserializationError(
+                        f"OpenAI sent an event that does not fit {route.output_desc.name}: {exc}, "
+                        f"after {sent} messages",
+                        metadata={"messagesDelivered": str(sent)},
+                    ) from exc
             if out:
                 if gw.coalesce_events:
                     yield route.output_cls(events=out)
@@ -241,11 +301,13 @@ async def relay_events(
                         yield route.output_cls(events=[event])
                         sent += 1
                 gw.telemetry.streamed(call, len(out))
+            if decoder.overflow:
+                raise event_too_large(gw.max_event_bytes, sent)
             try:
                 chunk = await anext(stream.chunks)
             except StopAsyncIteration:
                 break
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ConnectionError) as exc:
                 err = classify_exception(exc)
                 raise StreamInterrupted(
                     f"the upstream stream broke after {sent} messages: {err.message}",
@@ -287,7 +349,7 @@ async def relay_events(
 
 
 async def relay_binary(
-    gw: Gateway, route: Route, request: Message, context: Context
+    gw: Gateway, route: Route, raw: Message | Undecodable, context: Context
 ) -> AsyncIterator[Message]:
     """Downloads and speech: relay bytes as they arrive, one `BinaryChunk` per upstream read."""
     started = time.perf_counter()
@@ -296,10 +358,12 @@ async def relay_binary(
     sent = 0
     span: Span | None = None
     try:
+        credential = gw.authenticate(context)
+        request = ensure_decoded(route, raw)
         validation.check(route, request)
         req = routes.build_request(route, request)
         body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-        call = gw.begin(route, request, context, req.body, 0, started)
+        call = gw.begin(route, request, context, req.body, 0, credential, started)
         span = gw.telemetry.stream_span(call)
         active = call
 
@@ -339,7 +403,7 @@ async def relay_binary(
                 pending = [await anext(download.chunks)]
             except StopAsyncIteration:
                 break
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ConnectionError) as exc:
                 raise StreamInterrupted(
                     f"the download broke after {sent} chunks: {classify_exception(exc).message}",
                     metadata={"messagesDelivered": str(sent)},

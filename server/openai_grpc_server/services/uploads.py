@@ -17,9 +17,18 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from openai_grpc_server import codec
+from openai_grpc_server import codec, validation
 from openai_grpc_server.errors import MalformedRequest
-from openai_grpc_server.gateway import Call, Context, Gateway, total_tokens, usage_of
+from openai_grpc_server.gateway import (
+    Call,
+    Context,
+    Gateway,
+    Undecodable,
+    decode_answer,
+    ensure_decoded,
+    total_tokens,
+    usage_of,
+)
 from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import Route, flatten
 from openai_grpc_server.upstream.client import forwarded_metadata
@@ -47,9 +56,11 @@ class MultipartStream:
     def __init__(
         self,
         fields: list[tuple[str, str]],
-        chunks: AsyncIterator[Message],
+        chunks: AsyncIterator[Message | Undecodable],
         main_field: str,
+        route: Route,
     ) -> None:
+        self.route = route
         self.boundary = "openai-grpc-" + secrets.token_hex(12)
         self.fields = fields
         self.chunks = chunks
@@ -72,7 +83,8 @@ class MultipartStream:
         for name, value in self.fields:
             yield self._head(name) + value.encode() + b"\r\n"
         current: tuple[str, str] | None = None
-        async for msg in self.chunks:
+        async for item in self.chunks:
+            msg = ensure_decoded(self.route, item)
             if msg.WhichOneof("payload") != "chunk":
                 raise MalformedRequest("after the first message, an upload carries only `chunk` messages")
             chunk = msg.chunk  # type: ignore[attr-defined]
@@ -94,13 +106,14 @@ class MultipartStream:
 
 
 async def relay_upload(
-    gw: Gateway, route: Route, requests: AsyncIterator[Message], context: Context
+    gw: Gateway, route: Route, requests: AsyncIterator[Message | Undecodable], context: Context
 ) -> Message:
     started = time.perf_counter()
     call: Call | None = None
     try:
+        credential = gw.authenticate(context)
         try:
-            head = await anext(requests)
+            head = ensure_decoded(route, await anext(requests))
         except StopAsyncIteration:
             raise MalformedRequest(
                 "an upload starts with a `metadata` message; the stream was empty"
@@ -108,15 +121,15 @@ async def relay_upload(
         if head.WhichOneof("payload") != "metadata":
             raise MalformedRequest("the first message of an upload must carry `metadata`")
         meta = head.metadata  # type: ignore[attr-defined]
+        validation.check_upload_metadata(route, meta)
         data = codec.encode(meta)
         assert isinstance(data, dict)
         params = {p: data.pop(p, "") for p in route.path_params}
-        missing = [p for p, v in params.items() if not v]
-        if missing:
-            raise MalformedRequest(f"metadata.{missing[0]} is required: it is part of the URL")
         path = route.build_path(params)
-        call = gw.begin(route, meta, context, data, 0, started)
-        body = MultipartStream(form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"))
+        call = gw.begin(route, meta, context, data, 0, credential, started)
+        body = MultipartStream(
+            form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"), route
+        )
         active = call
 
         async def attempt(a: Attempt) -> Any:
@@ -138,8 +151,7 @@ async def relay_upload(
         gw.observe(call, forwarded)
         usage = usage_of(value.body)
         reservation.settle(total_tokens(usage) if usage else 0)
-        response = route.output_cls()
-        codec.decode_response(value.body, response)
+        response = decode_answer(route, value)
         context.set_trailing_metadata(forwarded)
         gw.telemetry.request_done(route, call)
         return response

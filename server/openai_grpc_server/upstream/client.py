@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from openai_grpc_server import __version__, jsonlib
 from openai_grpc_server.auth import Credential
-from openai_grpc_server.errors import DeserializationError, OpenAIError, classify_exception, classify_response
+from openai_grpc_server.errors import (
+    DeserializationError,
+    OpenAIError,
+    ResponseTooLarge,
+    classify_exception,
+    classify_response,
+    redact,
+)
 
 USER_AGENT = f"openai-grpc/{__version__}"
 # Response headers callers get back as gRPC metadata.
@@ -41,6 +48,8 @@ class UpstreamSettings:
     # "httpx": httpx's own connection pool; "aiohttp": httpx's API over aiohttp's pool
     # (httpx-aiohttp), which costs less CPU per request (docs/benchmarks.md).
     transport: str = "aiohttp"
+    # A unary answer larger than this fails before it is held whole (UPSTREAM_BAD_RESPONSE).
+    max_response_bytes: int = 64 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -69,7 +78,7 @@ def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     for k, v in headers.items():
         key = k.lower()
         if key in FORWARDED_HEADERS or key.startswith(FORWARDED_PREFIXES):
-            out.append((key, v))
+            out.append((key, redact(v)))  # an upstream echoing a key in a header must not leak it
     return out
 
 
@@ -146,13 +155,15 @@ class UpstreamClient:
         )
         try:
             response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise classify_exception(exc, base_url=self.settings.base_url) from exc
+        except Exception as exc:
+            self.reraise(exc)
         if response.status_code >= 400 or not stream:
             try:
-                await response.aread()
-            except httpx.HTTPError as exc:
-                raise classify_exception(exc, base_url=self.settings.base_url) from exc
+                await self._read_bounded(response)
+            except OpenAIError:
+                raise
+            except Exception as exc:
+                self.reraise(exc)
             finally:
                 await response.aclose()
         if response.status_code >= 400:
@@ -161,13 +172,37 @@ class UpstreamClient:
             )
         return response
 
+    def reraise(self, exc: Exception) -> NoReturn:
+        """Raise a transport failure as the taxonomy; an exception no transport explains stays
+        as it is (the gateway logs its traceback and answers INTERNAL)."""
+        if isinstance(exc, httpx.HTTPError) or type(exc).__module__.startswith(("aiohttp", "ssl")):
+            raise classify_exception(exc, base_url=self.settings.base_url) from exc
+        raise exc
+
+    async def _read_bounded(self, response: httpx.Response) -> None:
+        """Read the whole body, failing as soon as it is known to exceed `max_response_bytes`:
+        from Content-Length before reading, else while counting (never holding it all first)."""
+        limit = self.settings.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge.of(int(declared), limit, response.headers)
+        parts: list[bytes] = []
+        size = 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > limit:
+                raise ResponseTooLarge.of(size, limit, response.headers)
+            parts.append(part)
+        # What `aread` would store; httpx has no public setter for a body read by hand.
+        response._content = b"".join(parts)
+
     async def send_json(self, method: str, path: str, **kwargs: Any) -> JsonResponse:
         response = await self.send(method, path, **kwargs)
         return JsonResponse(response.status_code, response.headers, parse_json(response))
 
     def url(self, path: str) -> str:
         """The upstream URL of `path`, for traces (never carries credentials)."""
-        return f"{self._base}{path}"
+        return redact(f"{self._base}{path}")
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -177,7 +212,15 @@ def parse_json(response: httpx.Response) -> Any:
     """Parse a 2xx body; a wrong content type is tolerated when the body still parses."""
     body = response.content
     if not body:
-        return {}
+        if response.status_code == 204:
+            return {}
+        empty: OpenAIError = DeserializationError(
+            f"OpenAI answered {response.status_code} with an empty body where a JSON object was expected",
+            upstream_status=response.status_code,
+            request_id=response.headers.get("x-request-id"),
+            headers=response.headers,
+        )
+        raise empty
     ctype = response.headers.get("content-type", "")
     if ctype.startswith(_TEXT_TYPES):
         # Transcripts in text, srt or vtt format: the resource's `text` carries them whole.
