@@ -113,6 +113,15 @@ say "ok: read-only root filesystem"
 # The Deployment's preStop hook is `sleep`: it must exist in the image.
 engine exec "$name" sleep 0 || die "no sleep binary for the preStop hook"
 
+engine exec "$name" python3 -c '
+import importlib.metadata as m, importlib.util as u, sys
+d = m.distribution("openai-grpc")
+problems = [f"dev package {n} installed" for n in ("pytest", "grpc_tools", "mypy", "ruff") if u.find_spec(n)]
+if d.metadata["License-Expression"] != "MIT" or not [f for f in d.files or () if f.name == "LICENSE"]:
+    problems.append("no MIT LICENSE in the package metadata")
+sys.exit("; ".join(problems) or None)' || die "package contents"
+say "ok: server install only (no dev packages), MIT LICENSE in its metadata"
+
 engine kill --signal TERM "$name" >/dev/null
 code=$(timeout 60 "$ENGINE" "${ENGINE_GLOBAL[@]}" wait "$name" | tail -n1) || die "no exit within 60 s of SIGTERM"
 [ "$code" = 0 ] || die "exit code $code after SIGTERM"
