@@ -11,13 +11,15 @@ COPY pyproject.toml README.md LICENSE ./
 COPY requirements ./requirements
 COPY client_stubs/python ./client_stubs/python
 COPY server ./server
-# The server install only: no dev tools. pip byte-compiles, so the read-only image never needs to.
+# The server install only: no dev tools, and no pip or setuptools left in the venv. pip
+# byte-compiles, so the read-only image never needs to.
 # The optional build secret `ca-bundle` lets pip trust the CAs the build host trusts (a
 # TLS-intercepting proxy); it is mounted for this step only and never stored in a layer.
 RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -c requirements/constraints.txt '.[server]'
+ && /opt/venv/bin/pip install -c requirements/constraints.txt '.[server]' \
+ && /opt/venv/bin/pip uninstall -q -y pip setuptools
 
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE

@@ -53,9 +53,9 @@ if [ "${FORCE:-0}" = 1 ] || [ ! -s "$tarball" ]; then
   # Smaller and reproducible-ish: no package caches, lists, docs or man pages.
   "${SUDO[@]}" rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*
-  "${SUDO[@]}" tar --numeric-owner -C "$root" -cf "$tarball.tmp" .
-  "${SUDO[@]}" chown "$(id -u):$(id -g)" "$tarball.tmp"
-  mv "$tarball.tmp" "$tarball"
+  "${SUDO[@]}" tar --numeric-owner -C "$root" -cf "$tarball.$$.tmp" .
+  "${SUDO[@]}" chown "$(id -u):$(id -g)" "$tarball.$$.tmp"
+  mv "$tarball.$$.tmp" "$tarball"
   # Older tarballs of other recipes are dead weight.
   find "$cache" -maxdepth 1 -name "debian-$SUITE-python-*.tar" ! -name "$(basename "$tarball")" -delete
 fi
