@@ -67,6 +67,13 @@ def test_runs_as_a_numeric_non_root_user_that_the_manifests_expect() -> None:
     assert {int(u) for u in re.findall(r"runAsUser:\s*(\d+)", manifests)} <= {uid}
 
 
+def test_exposes_the_ports_the_manifests_use() -> None:
+    exposed = {int(p) for k, args in final_stage() if k == "EXPOSE" for p in args.split()}
+    assert {50051, 9464} <= exposed  # gRPC, Prometheus /metrics
+    manifests = "\n".join(p.read_text() for p in (ROOT / "deploy").rglob("*.yaml"))
+    assert {int(p) for p in re.findall(r"containerPort:\s*(\d+)", manifests)} <= exposed
+
+
 def test_no_healthcheck_and_oci_labels() -> None:
     ins = instructions()
     assert not [k for k, _ in ins if k == "HEALTHCHECK"], "Kubernetes probes use grpc.health.v1"
