@@ -23,7 +23,8 @@ RUN --mount=type=secret,id=ca-bundle \
 
 FROM ${BASE_IMAGE}
 ARG BASE_IMAGE
-ARG VERSION=0.1.0
+# scripts/image.sh sets these from pyproject.toml and git.
+ARG VERSION=unknown
 ARG REVISION=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="openai-grpc" \

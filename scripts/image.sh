@@ -3,7 +3,8 @@
 # (embedded fake upstream, no key), read-only root filesystem (no tmpfs either), all capabilities
 # dropped, no new privileges, gRPC port published on 127.0.0.1 only. Checks: health SERVING, a
 # unary and a streaming call with grpcurl, the process runs as a non-root user, the root
-# filesystem refuses writes, SIGTERM drains and exits 0.
+# filesystem refuses writes, the install holds no dev packages and the MIT LICENSE, SIGTERM
+# drains and exits 0.
 #
 # Usage: scripts/image.sh [--build-only]
 #   CONTAINER_ENGINE  podman | docker (default: podman when installed, else docker)
