@@ -45,6 +45,7 @@ secret=()
 [ -z "$ca" ] || secret=(--secret "id=ca-bundle,src=$ca")
 
 say "building $IMAGE on $base with $ENGINE"
+previous=$(engine image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 start=$SECONDS
 # `created` is the source commit's time, so rebuilding one commit reuses every cached layer.
 engine build "${BUILD_FLAGS[@]}" "${secret[@]}" \
@@ -54,6 +55,10 @@ engine build "${BUILD_FLAGS[@]}" "${secret[@]}" \
   --build-arg "CREATED=$(git show -s --format=%cI HEAD 2>/dev/null || echo unknown)" \
   -t "$IMAGE" . >&2
 say "built $IMAGE in $((SECONDS - start)) s"
+# The image this tag named before is now untagged: drop it unless something still uses it.
+if [ -n "$previous" ] && [ "$previous" != "$(engine image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  engine rmi "$previous" >/dev/null 2>&1 || true
+fi
 [ "${1:-}" != --build-only ] || exit 0
 
 # ---- smoke test -------------------------------------------------------------------------------
