@@ -90,7 +90,7 @@ grpc() { "$GRPCURL" -plaintext -max-time 10 "$@"; }
 
 for _ in $(seq 60); do
   health=$(grpc "$addr" grpc.health.v1.Health/Check 2>&1 || true)
-  case $health in *SERVING*) break ;; esac
+  case $health in *'"SERVING"'*) break ;; esac
   [ "$(engine inspect --format '{{.State.Running}}' "$name")" = true ] || die "the container exited at start"
   sleep 1
 done
