@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js and the Go protoc plugins. Safe to run repeatedly.
+# missing, the Debian packages for Node.js, the Go protoc plugins and the container image test.
+# Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,11 +12,16 @@ command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v protoc-gen-go >/dev/null || need_apt+=(protoc-gen-go)
 command -v protoc-gen-go-grpc >/dev/null || need_apt+=(protoc-gen-go-grpc)
 command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certs for the TLS fault tests
+# The image test (scripts/image.sh): podman with runc, a Debian base built by debootstrap.
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+for p in podman runc debootstrap uidmap:newuidmap fuse-overlayfs slirp4netns; do
+  have "${p#*:}" || need_apt+=("${p%%:*}")
+done
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=900 install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}
