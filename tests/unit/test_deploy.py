@@ -113,7 +113,10 @@ def test_the_pod_runs_the_image_as_built(rendering: str) -> None:
     image = _dockerfile()
     _, pod, container = deployment(render(rendering))
     assert container["command"] == image["entrypoint"]
-    assert str(pod["securityContext"]["runAsUser"]) == image["user"]
+    uid, _, gid = image["user"].partition(":")
+    assert str(pod["securityContext"]["runAsUser"]) == uid
+    if gid:
+        assert str(pod["securityContext"]["runAsGroup"]) == gid
     if rendering != "helm-full":  # the full values move the ports on purpose
         assert set(ports(container).values()) == image["expose"]
 
