@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc_tools
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
+from openai_grpc.v1 import options_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
@@ -118,6 +119,11 @@ def field_behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
 
 def is_required(field: descriptor_pb2.FieldDescriptorProto) -> bool:
     return field_behavior_pb2.REQUIRED in field_behaviors(field)
+
+
+def is_query(field: descriptor_pb2.FieldDescriptorProto) -> bool:
+    """Marked `(openai_grpc.v1.query) = true`: a query parameter next to a JSON body."""
+    return bool(field.options.Extensions[options_pb2.query])
 
 
 def is_json_value(type_name: str) -> bool:

@@ -215,6 +215,21 @@ def parameters(op: Schema, path_item: Schema | None = None) -> dict[str, Schema]
     return out
 
 
+def field_name(param: str) -> str:
+    """The proto field of a parameter: the spec names some query arrays `include[]`, others
+    `include`; both are the field `include` (sent as `include[]`, see `query_wire_name`)."""
+    return param.removesuffix("[]")
+
+
+def query_wire_name(param: Schema) -> str:
+    """The key a query parameter is sent under, as OpenAI's SDKs write it: arrays as `name[]`
+    (whatever the declared style), everything else under its name."""
+    name: str = param["name"]
+    if deref(param.get("schema", {})).get("type") == "array" and not name.endswith("[]"):
+        return name + "[]"
+    return name
+
+
 def path_parameters(op: Schema) -> set[str]:
     return {n for n, p in parameters(op).items() if p.get("in") == "path"}
 
