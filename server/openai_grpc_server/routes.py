@@ -96,9 +96,7 @@ def _kind(method: descriptor.MethodDescriptor) -> Kind:
 
 def query_keys(desc: descriptor.Descriptor) -> tuple[str, ...]:
     """Keys of the fields marked `(openai_grpc.v1.query) = true`."""
-    return tuple(
-        codec.json_key(f) for f in desc.fields if f.GetOptions().Extensions[options_pb2.query]
-    )
+    return tuple(codec.json_key(f) for f in desc.fields if f.GetOptions().Extensions[options_pb2.query])
 
 
 def contract_modules() -> Iterator[Any]:
@@ -172,10 +170,7 @@ def build_request(route: Route, msg: Message, *, stream: bool = False) -> Upstre
     path = route.build_path(params)
     if route.has_body:
         query = [
-            item
-            for k in route.query_keys
-            if k in data
-            for item in flatten(k, data.pop(k), QUERY_LIST_SUFFIX)
+            item for k in route.query_keys if k in data for item in flatten(k, data.pop(k), QUERY_LIST_SUFFIX)
         ]
         if stream:
             data["stream"] = True
