@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import importlib
 import pkgutil
 import re
@@ -29,9 +30,12 @@ CONTRACT_PACKAGE = "openai_grpc.v1"
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 # OpenAI's beta APIs want this header; the gateway adds it so callers need not know.
 _ASSISTANTS_BETA_PREFIXES = ("/assistants", "/threads", "/vector_stores")
-# What the official SDKs accept: JSON, except for byte downloads and speech.
+# The `Accept` header the official SDK sends: JSON; bytes for downloads and speech; anything
+# where OpenAI answers without a body (the output message has nothing but `extra`).
 _ACCEPT = "application/json"
-_ACCEPT_BINARY = "application/octet-stream"
+_ACCEPT_DOWNLOAD = "application/binary"
+_ACCEPT_SPEECH = "application/octet-stream"
+_ACCEPT_NO_CONTENT = "*/*"
 # Query arrays as OpenAI's SDKs write them (`include[]=a&include[]=b`).
 QUERY_LIST_SUFFIX = "[]"
 
@@ -72,9 +76,13 @@ class Route:
     def beta_header(self) -> str | None:
         return "assistants=v2" if self.path_template.startswith(_ASSISTANTS_BETA_PREFIXES) else None
 
-    @property
+    @functools.cached_property
     def accept(self) -> str:
-        return _ACCEPT_BINARY if self.kind is Kind.BINARY else _ACCEPT
+        if self.kind is Kind.BINARY:
+            return _ACCEPT_DOWNLOAD if self.http_method == "GET" else _ACCEPT_SPEECH
+        if all(f.name == codec.EXTRA for f in self.output_desc.fields):
+            return _ACCEPT_NO_CONTENT
+        return _ACCEPT
 
     def build_path(self, params: dict[str, Any]) -> str:
         def sub(m: re.Match[str]) -> str:
@@ -158,6 +166,8 @@ def flatten(key: str, value: Any, list_suffix: str = "") -> Iterator[tuple[str, 
     elif isinstance(value, dict):
         for k, v in value.items():
             yield from flatten(f"{key}[{k}]", v, list_suffix)
+    elif isinstance(value, float) and value.is_integer():
+        yield key, str(int(value))  # a proto double 0.0 is the number 0, as callers write it
     elif value is not None:
         yield key, str(value)
 
