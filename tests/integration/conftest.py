@@ -121,7 +121,9 @@ def _upstream_requests_follow_the_spec() -> Iterator[None]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if validated_requests:
-        terminalreporter.write_line(f"upstream requests validated against spec/openapi.yaml: {validated_requests}")
+        terminalreporter.write_line(
+            f"upstream requests validated against spec/openapi.yaml: {validated_requests}"
+        )
 
 
 async def start_gateway(settings: Settings, telemetry: Telemetry | None = None) -> Gateway:

@@ -57,7 +57,9 @@ def _op(endpoint: str, rpc: str, sdk: SdkCall, **kw: Any) -> Op:
 OPERATIONS: list[Op] = [
     # --- models
     _op("GET /models", "ListModels", lambda c, a: c.models.list(**a)),
-    _op("GET /models/{model}", "GetModel", lambda c, a: c.models.retrieve(**a), args={"model": "gpt-4o-mini"}),
+    _op(
+        "GET /models/{model}", "GetModel", lambda c, a: c.models.retrieve(**a), args={"model": "gpt-4o-mini"}
+    ),
     _op(
         "DELETE /models/{model}",
         "DeleteModel",
@@ -156,7 +158,12 @@ OPERATIONS: list[Op] = [
     ),
     _op("GET /files", "ListFiles", lambda c, a: c.files.list(**a), args={"purpose": "batch", "limit": 3}),
     _op("GET /files/{file_id}", "GetFile", lambda c, a: c.files.retrieve(**a), args={"file_id": "file-abc"}),
-    _op("DELETE /files/{file_id}", "DeleteFile", lambda c, a: c.files.delete(**a), args={"file_id": "file-abc"}),
+    _op(
+        "DELETE /files/{file_id}",
+        "DeleteFile",
+        lambda c, a: c.files.delete(**a),
+        args={"file_id": "file-abc"},
+    ),
     _op(
         "GET /files/{file_id}/content",
         "DownloadFileContent",
@@ -170,8 +177,15 @@ OPERATIONS: list[Op] = [
         lambda c, a: c.batches.create(**a),
         args={"input_file_id": "file-abc", "endpoint": "/v1/chat/completions", "completion_window": "24h"},
     ),
-    _op("GET /batches", "ListBatches", lambda c, a: c.batches.list(**a), args={"limit": 2, "after": "batch_0"}),
-    _op("GET /batches/{batch_id}", "GetBatch", lambda c, a: c.batches.retrieve(**a), args={"batch_id": "batch_1"}),
+    _op(
+        "GET /batches", "ListBatches", lambda c, a: c.batches.list(**a), args={"limit": 2, "after": "batch_0"}
+    ),
+    _op(
+        "GET /batches/{batch_id}",
+        "GetBatch",
+        lambda c, a: c.batches.retrieve(**a),
+        args={"batch_id": "batch_1"},
+    ),
     _op(
         "POST /batches/{batch_id}/cancel",
         "CancelBatch",
@@ -363,13 +377,21 @@ OPERATIONS: list[Op] = [
         "POST /threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
         "SubmitToolOutputs",
         lambda c, a: c.beta.threads.runs.submit_tool_outputs(**a),
-        args={"thread_id": "thread_1", "run_id": "run_1", "tool_outputs": [{"tool_call_id": "call_1", "output": "42"}]},
+        args={
+            "thread_id": "thread_1",
+            "run_id": "run_1",
+            "tool_outputs": [{"tool_call_id": "call_1", "output": "42"}],
+        },
     ),
     _op(
         "POST /threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
         "StreamSubmitToolOutputs",
         lambda c, a: c.beta.threads.runs.submit_tool_outputs(**a, stream=True),
-        args={"thread_id": "thread_1", "run_id": "run_1", "tool_outputs": [{"tool_call_id": "call_1", "output": "42"}]},
+        args={
+            "thread_id": "thread_1",
+            "run_id": "run_1",
+            "tool_outputs": [{"tool_call_id": "call_1", "output": "42"}],
+        },
         stream=True,
     ),
     _op(
@@ -389,7 +411,11 @@ OPERATIONS: list[Op] = [
         "POST /vector_stores",
         "CreateVectorStore",
         lambda c, a: c.vector_stores.create(**a),
-        args={"name": "docs", "file_ids": ["file-1"], "expires_after": {"anchor": "last_active_at", "days": 7}},
+        args={
+            "name": "docs",
+            "file_ids": ["file-1"],
+            "expires_after": {"anchor": "last_active_at", "days": 7},
+        },
     ),
     _op("GET /vector_stores", "ListVectorStores", lambda c, a: c.vector_stores.list(**a), args={"limit": 2}),
     _op(
@@ -414,7 +440,12 @@ OPERATIONS: list[Op] = [
         "POST /vector_stores/{vector_store_id}/search",
         "SearchVectorStore",
         lambda c, a: c.vector_stores.search(**a),
-        args={"vector_store_id": "vs_1", "query": "return policy", "max_num_results": 3, "rewrite_query": True},
+        args={
+            "vector_store_id": "vs_1",
+            "query": "return policy",
+            "max_num_results": 3,
+            "rewrite_query": True,
+        },
     ),
     _op(
         "POST /vector_stores/{vector_store_id}/files",

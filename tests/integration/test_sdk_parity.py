@@ -149,7 +149,9 @@ async def test_the_gateway_sends_what_the_sdk_sends(
     allowed = {aspect for aspect in diffs if (op.rpc, aspect) in ALLOWED}
     TALLY.allowed_used |= {(op.rpc, aspect) for aspect in allowed}
     unexpected = {k: v for k, v in diffs.items() if k not in allowed}
-    assert not unexpected, "\n".join(f"{k}: SDK {a!r}\n{' ' * len(k)}  gateway {b!r}" for k, (a, b) in unexpected.items())
+    assert not unexpected, "\n".join(
+        f"{k}: SDK {a!r}\n{' ' * len(k)}  gateway {b!r}" for k, (a, b) in unexpected.items()
+    )
     if not diffs:
         TALLY.identical.add(op.id)
 
@@ -161,7 +163,9 @@ def test_the_table_covers_every_endpoint_the_sdk_covers() -> None:
     assert listed - in_table == set(SDK_LACKS), "endpoints neither in the table nor in SDK_LACKS"
     assert len(listed) == 92
     streamed = {r.endpoint for r in routes.load_routes() if r.kind is routes.Kind.EVENTS}
-    assert streamed <= {op.endpoint for op in OPERATIONS if op.stream}, "streamed endpoints without a stream op"
+    assert streamed <= {op.endpoint for op in OPERATIONS if op.stream}, (
+        "streamed endpoints without a stream op"
+    )
 
 
 def test_every_allow_list_entry_is_used_and_justified(capsys: pytest.CaptureFixture[str]) -> None:
