@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ CONTRACT_DIR = PROTO_ROOT / "openai_grpc" / "v1"
 PACKAGE = "openai_grpc.v1"
 EXTRA_FIELD = "extra"
 EXTRA_NUMBER = 1000
+_PATH_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 _WELL_KNOWN_JSON = {
     ".google.protobuf.Struct",
@@ -124,6 +126,24 @@ def is_required(field: descriptor_pb2.FieldDescriptorProto) -> bool:
 def is_query(field: descriptor_pb2.FieldDescriptorProto) -> bool:
     """Marked `(openai_grpc.v1.query) = true`: a query parameter next to a JSON body."""
     return bool(field.options.Extensions[options_pb2.query])
+
+
+def query_fields(model: ProtoModel, rpc: Rpc) -> dict[str, str]:
+    """Field name -> query key of the fields the route table sends in the query string (as
+    server/openai_grpc_server/routes.py does: without a body every non-path field, with one
+    the fields marked `(openai_grpc.v1.query)`; lists as `name[]`, maps as `name[key]`, keyed
+    here by `name`)."""
+    assert rpc.http is not None
+    in_path = set(_PATH_PARAM.findall(rpc.http.path))
+    out = {}
+    for f in model.messages[rpc.input_type].field:
+        if f.name == EXTRA_FIELD or f.name in in_path or (rpc.http.body == "*" and not is_query(f)):
+            continue
+        entry = model.messages.get(f.type_name)
+        is_map = entry is not None and entry.options.map_entry
+        repeated = f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED and not is_map
+        out[f.name] = f.name + "[]" if repeated else f.name
+    return out
 
 
 def is_json_value(type_name: str) -> bool:

@@ -29,10 +29,20 @@ class Endpoint:
     domain: str
 
 
+_source = OPENAPI
+
+
+def use_spec(path: Path) -> None:
+    """Read another OpenAPI document from now on (scripts/spec_drift.py compares a newer one)."""
+    global _source  # noqa: PLW0603
+    _source = path
+    load_spec.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def load_spec() -> dict[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with OPENAPI.open("rb") as fh:
+    with _source.open("rb") as fh:
         spec: dict[str, Any] = yaml.load(fh, Loader=loader)
     for name, schema in spec["components"]["schemas"].items():
         if isinstance(schema, dict) and schema.get("$recursiveAnchor"):

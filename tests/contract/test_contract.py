@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from google.protobuf import descriptor_pb2
 from openai_grpc_server import routes
 from openai_grpc_server.services import streams
 
 from tests.contract import fidelity, specmodel
-from tests.contract.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, ProtoModel, is_query, load_model
+from tests.contract.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, load_model, query_fields
 
 VENV_BIN = Path(sys.executable).parent
-_PATH_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
 def test_every_listed_endpoint_is_served_by_an_rpc() -> None:
@@ -235,21 +232,6 @@ def test_client_install_pulls_only_grpc_and_protobuf(tmp_path: Path) -> None:
     assert subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True).returncode == 0
 
 
-def _query_fields(model: ProtoModel, rpc_input: str, body: str, path: str) -> dict[str, str]:
-    """Field name -> wire key of the fields the route table sends in the query string (lists as
-    `name[]`; maps as `name[key]`, keyed here by `name`)."""
-    in_path = set(_PATH_PARAM.findall(path))
-    out = {}
-    for f in model.messages[rpc_input].field:
-        if f.name == EXTRA_FIELD or f.name in in_path or (body == "*" and not is_query(f)):
-            continue
-        entry = model.messages.get(f.type_name)
-        is_map = entry is not None and entry.options.map_entry
-        repeated = f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED and not is_map
-        out[f.name] = f.name + "[]" if repeated else f.name
-    return out
-
-
 def test_query_fields_are_the_spec_query_parameters() -> None:
     """Query versus body comes from the spec's `in: query`: every query parameter is a field the
     route table sends in the query string, under the key the official SDK uses, and nothing else is."""
@@ -270,7 +252,7 @@ def test_query_fields_are_the_spec_query_parameters() -> None:
             if spec:
                 wrong.append(f"{rpc.name}: an upload with query parameters {sorted(spec)}")
             continue
-        ours = _query_fields(model, rpc.input_type, rpc.http.body, rpc.http.path)
+        ours = query_fields(model, rpc)
         if ours != spec:
             wrong.append(f"{rpc.name}: query {ours} but the spec has {spec}")
     assert not wrong, "\n".join(wrong)
