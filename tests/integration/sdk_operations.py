@@ -15,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from openai import AsyncOpenAI
+from openai_grpc_server.fake_upstream import Step
+
+from tests.integration.test_streams import IMAGE_SSE
 
 SdkCall = Callable[[AsyncOpenAI, dict[str, Any]], Any]
 
@@ -44,6 +47,8 @@ class Op:
     # Multipart file fields: field -> (filename, bytes, content type).
     files: dict[str, tuple[str, bytes, str]] = dataclasses.field(default_factory=dict)
     stream: bool = False
+    # What the fake upstream answers both clients, when its default answer does not fit.
+    answer: Step | None = None
 
     @property
     def id(self) -> str:
@@ -205,6 +210,7 @@ OPERATIONS: list[Op] = [
         lambda c, a: c.images.generate(**a, stream=True),
         args={"model": "gpt-image-1", "prompt": "a cat", "partial_images": 1},
         stream=True,
+        answer=Step(raw_body=IMAGE_SSE, content_type="text/event-stream; charset=utf-8"),
     ),
     _op(
         "POST /images/edits",
