@@ -104,7 +104,7 @@ def _camel(name: str) -> str:
 
 
 def json_key(f: FD) -> str:
-    """The OpenAI key of a field: its name, or an explicit `json_name` such as `include[]`."""
+    """The OpenAI key of a field: its name, or an explicit `json_name`."""
     return f.json_name if f.json_name != _camel(f.name) else f.name
 
 

@@ -294,6 +294,7 @@ class Gateway:
                 json=payload,
                 time_left=a.timeout,
                 beta=route.beta_header,
+                accept=route.accept,
             )
 
         value, reservation = await self.policy.execute(call.op, attempt)

@@ -1,11 +1,17 @@
 """The route table: every RPC of the contract and the REST call it makes, read from the
-`google.api.http` options in the descriptor pool. Nothing here is written per RPC.
+`google.api.http` options (and the contract's own `(openai_grpc.v1.query)` field option) in
+the descriptor pool. Nothing here is written per RPC.
+
+Where a field travels follows the HTTP rule: path parameters by name; without a body every
+other field is a query parameter; with `body: "*"` every other field is a body field unless it
+is marked `(openai_grpc.v1.query) = true` (OpenAI's `include` next to a JSON body).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import importlib
 import pkgutil
 import re
@@ -16,6 +22,7 @@ from urllib.parse import quote
 from google.api import annotations_pb2
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
+from openai_grpc.v1 import options_pb2
 
 from openai_grpc_server import codec
 
@@ -23,6 +30,14 @@ CONTRACT_PACKAGE = "openai_grpc.v1"
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 # OpenAI's beta APIs want this header; the gateway adds it so callers need not know.
 _ASSISTANTS_BETA_PREFIXES = ("/assistants", "/threads", "/vector_stores")
+# The `Accept` header the official SDK sends: JSON; bytes for downloads and speech; anything
+# where OpenAI answers without a body (the output message has nothing but `extra`).
+_ACCEPT = "application/json"
+_ACCEPT_DOWNLOAD = "application/binary"
+_ACCEPT_SPEECH = "application/octet-stream"
+_ACCEPT_NO_CONTENT = "*/*"
+# Query arrays as OpenAI's SDKs write them (`include[]=a&include[]=b`).
+QUERY_LIST_SUFFIX = "[]"
 
 
 class Kind(enum.Enum):
@@ -40,6 +55,8 @@ class Route:
     path_template: str
     path_params: tuple[str, ...]
     has_body: bool
+    # OpenAI keys of the fields sent in the query string although the RPC has a body.
+    query_keys: tuple[str, ...]
     kind: Kind
     input_desc: descriptor.Descriptor
     output_desc: descriptor.Descriptor
@@ -59,6 +76,14 @@ class Route:
     def beta_header(self) -> str | None:
         return "assistants=v2" if self.path_template.startswith(_ASSISTANTS_BETA_PREFIXES) else None
 
+    @functools.cached_property
+    def accept(self) -> str:
+        if self.kind is Kind.BINARY:
+            return _ACCEPT_DOWNLOAD if self.http_method == "GET" else _ACCEPT_SPEECH
+        if all(f.name == codec.EXTRA for f in self.output_desc.fields):
+            return _ACCEPT_NO_CONTENT
+        return _ACCEPT
+
     def build_path(self, params: dict[str, Any]) -> str:
         def sub(m: re.Match[str]) -> str:
             return quote(str(params[m.group(1)]), safe="")
@@ -75,6 +100,11 @@ def _kind(method: descriptor.MethodDescriptor) -> Kind:
             return Kind.EVENTS
         return Kind.BINARY
     return Kind.UNARY
+
+
+def query_keys(desc: descriptor.Descriptor) -> tuple[str, ...]:
+    """Keys of the fields marked `(openai_grpc.v1.query) = true`."""
+    return tuple(codec.json_key(f) for f in desc.fields if f.GetOptions().Extensions[options_pb2.query])
 
 
 def contract_modules() -> Iterator[Any]:
@@ -106,6 +136,7 @@ def load_routes() -> list[Route]:
                         path_template=template,
                         path_params=tuple(_PARAM.findall(template)),
                         has_body=rule.body == "*",
+                        query_keys=query_keys(method.input_type),
                         kind=_kind(method),
                         input_desc=method.input_type,
                         output_desc=method.output_type,
@@ -135,6 +166,8 @@ def flatten(key: str, value: Any, list_suffix: str = "") -> Iterator[tuple[str, 
     elif isinstance(value, dict):
         for k, v in value.items():
             yield from flatten(f"{key}[{k}]", v, list_suffix)
+    elif isinstance(value, float) and value.is_integer():
+        yield key, str(int(value))  # a proto double 0.0 is the number 0, as callers write it
     elif value is not None:
         yield key, str(value)
 
@@ -146,10 +179,11 @@ def build_request(route: Route, msg: Message, *, stream: bool = False) -> Upstre
     params = {p: data.pop(p, "") for p in route.path_params}
     path = route.build_path(params)
     if route.has_body:
-        # Array query parameters (`include[]`) stay in the query string even when there is a body.
-        query = [item for k in [k for k in data if k.endswith("[]")] for item in flatten(k, data.pop(k))]
+        query = [
+            item for k in route.query_keys if k in data for item in flatten(k, data.pop(k), QUERY_LIST_SUFFIX)
+        ]
         if stream:
             data["stream"] = True
         return UpstreamRequest(route.http_method, path, query, data)
-    query = [item for k, v in data.items() for item in flatten(k, v)]
+    query = [item for k, v in data.items() for item in flatten(k, v, QUERY_LIST_SUFFIX)]
     return UpstreamRequest(route.http_method, path, query, None)

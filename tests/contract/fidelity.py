@@ -76,7 +76,7 @@ def _camel(name: str) -> str:
 
 
 def _json_key(f: FDP) -> str:
-    """An explicit `json_name` (such as `include[]`) names the JSON key; else the field name."""
+    """An explicit `json_name` names the JSON key; else the field name."""
     return f.json_name if f.json_name and f.json_name != _camel(f.name) else f.name
 
 
@@ -188,7 +188,7 @@ def envelope_field(model: ProtoModel, type_name: str) -> FDP | None:
 
 
 def _request_shape(rpc: Rpc, op: Schema, path_item: Schema) -> tuple[dict[str, Schema], set[str], str | None]:
-    params = specmodel.parameters(op, path_item)
+    params = {specmodel.field_name(n): p for n, p in specmodel.parameters(op, path_item).items()}
     props: dict[str, Schema] = {n: p.get("schema", {}) for n, p in params.items()}
     required = {n for n, p in params.items() if p.get("required") or p.get("in") == "path"}
     content_type = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc_tools
 from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pb2
+from openai_grpc.v1 import options_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
@@ -25,6 +27,7 @@ CONTRACT_DIR = PROTO_ROOT / "openai_grpc" / "v1"
 PACKAGE = "openai_grpc.v1"
 EXTRA_FIELD = "extra"
 EXTRA_NUMBER = 1000
+_PATH_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 _WELL_KNOWN_JSON = {
     ".google.protobuf.Struct",
@@ -118,6 +121,29 @@ def field_behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
 
 def is_required(field: descriptor_pb2.FieldDescriptorProto) -> bool:
     return field_behavior_pb2.REQUIRED in field_behaviors(field)
+
+
+def is_query(field: descriptor_pb2.FieldDescriptorProto) -> bool:
+    """Marked `(openai_grpc.v1.query) = true`: a query parameter next to a JSON body."""
+    return bool(field.options.Extensions[options_pb2.query])
+
+
+def query_fields(model: ProtoModel, rpc: Rpc) -> dict[str, str]:
+    """Field name -> query key of the fields the route table sends in the query string (as
+    server/openai_grpc_server/routes.py does: without a body every non-path field, with one
+    the fields marked `(openai_grpc.v1.query)`; lists as `name[]`, maps as `name[key]`, keyed
+    here by `name`)."""
+    assert rpc.http is not None
+    in_path = set(_PATH_PARAM.findall(rpc.http.path))
+    out = {}
+    for f in model.messages[rpc.input_type].field:
+        if f.name == EXTRA_FIELD or f.name in in_path or (rpc.http.body == "*" and not is_query(f)):
+            continue
+        entry = model.messages.get(f.type_name)
+        is_map = entry is not None and entry.options.map_entry
+        repeated = f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED and not is_map
+        out[f.name] = f.name + "[]" if repeated else f.name
+    return out
 
 
 def is_json_value(type_name: str) -> bool:

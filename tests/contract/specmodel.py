@@ -29,10 +29,20 @@ class Endpoint:
     domain: str
 
 
+_source = OPENAPI
+
+
+def use_spec(path: Path) -> None:
+    """Read another OpenAPI document from now on (scripts/spec_drift.py compares a newer one)."""
+    global _source  # noqa: PLW0603
+    _source = path
+    load_spec.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def load_spec() -> dict[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with OPENAPI.open("rb") as fh:
+    with _source.open("rb") as fh:
         spec: dict[str, Any] = yaml.load(fh, Loader=loader)
     for name, schema in spec["components"]["schemas"].items():
         if isinstance(schema, dict) and schema.get("$recursiveAnchor"):
@@ -213,6 +223,21 @@ def parameters(op: Schema, path_item: Schema | None = None) -> dict[str, Schema]
             if p.get("in") in ("path", "query"):
                 out[p["name"]] = p
     return out
+
+
+def field_name(param: str) -> str:
+    """The proto field of a parameter: the spec names some query arrays `include[]`, others
+    `include`; both are the field `include` (sent as `include[]`, see `query_wire_name`)."""
+    return param.removesuffix("[]")
+
+
+def query_wire_name(param: Schema) -> str:
+    """The key a query parameter is sent under, as OpenAI's SDKs write it: arrays as `name[]`
+    (whatever the declared style), everything else under its name."""
+    name: str = param["name"]
+    if deref(param.get("schema", {})).get("type") == "array" and not name.endswith("[]"):
+        return name + "[]"
+    return name
 
 
 def path_parameters(op: Schema) -> set[str]:

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from openai_grpc_server import routes
+from openai_grpc_server.services import streams
 
 from tests.contract import fidelity, specmodel
-from tests.contract.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, load_model
+from tests.contract.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, load_model, query_fields
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -228,3 +230,48 @@ def test_client_install_pulls_only_grpc_and_protobuf(tmp_path: Path) -> None:
     assert names <= allowed, names - allowed
     probe = "from openai_grpc.v1 import chat_pb2, chat_pb2_grpc; chat_pb2_grpc.ChatServiceStub"
     assert subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True).returncode == 0
+
+
+def test_query_fields_are_the_spec_query_parameters() -> None:
+    """Query versus body comes from the spec's `in: query`: every query parameter is a field the
+    route table sends in the query string, under the key the official SDK uses, and nothing else is."""
+    model = load_model()
+    paths = specmodel.load_spec()["paths"]
+    wrong = []
+    for rpc in model.rpcs:
+        assert rpc.http is not None
+        path_item = paths[rpc.http.path]
+        op = path_item[rpc.http.method.lower()]
+        spec = {
+            specmodel.field_name(n): specmodel.query_wire_name(p)
+            for n, p in specmodel.parameters(op, path_item).items()
+            if p.get("in") == "query"
+            and specmodel.field_name(n) not in model.messages[rpc.input_type].reserved_name
+        }
+        if rpc.client_streaming:
+            if spec:
+                wrong.append(f"{rpc.name}: an upload with query parameters {sorted(spec)}")
+            continue
+        ours = query_fields(model, rpc)
+        if ours != spec:
+            wrong.append(f"{rpc.name}: query {ours} but the spec has {spec}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_stream_options_are_asked_for_only_where_the_spec_has_them() -> None:
+    """The gateway adds `stream_options.include_usage` where the contract has that option; the
+    spec must have it on exactly those endpoints (Chat and Completions, not Responses)."""
+    checked = 0
+    for route in routes.load_routes():
+        if route.kind is not routes.Kind.EVENTS:
+            continue
+        body = specmodel.request_body_schema(
+            specmodel.operation(route.http_method, route.path_template), "application/json"
+        )
+        shape = specmodel.object_shape(body) if body else None
+        options = shape[0].get("stream_options") if shape else None
+        option_shape = specmodel.object_shape(options) if options else None
+        spec_has = option_shape is not None and "include_usage" in option_shape[0]
+        assert streams.has_include_usage(route) == spec_has, route.full_method
+        checked += spec_has
+    assert checked == 2  # StreamChatCompletion, StreamCompletion

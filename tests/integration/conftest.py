@@ -1,10 +1,15 @@
-"""A real grpc.aio gateway on loopback in front of a real HTTP fake upstream, per test session."""
+"""A real grpc.aio gateway on loopback in front of a real HTTP fake upstream, per test session.
+
+Every request the fake upstream receives is validated against `spec/openapi.yaml` (openapi-core,
+tests/contract/openapi_validation.py): a test whose gateway sent a request the spec rejects
+fails at teardown, whatever it asserted itself.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -13,9 +18,12 @@ from google.protobuf.message import Message
 from openai_grpc_server import app, routes
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.config import Settings
-from openai_grpc_server.fake_upstream import FakeUpstream
+from openai_grpc_server.fake_upstream import FakeUpstream, RecordedRequest
 from openai_grpc_server.resilience import BreakerConfig, RetryConfig
 from openai_grpc_server.telemetry import Telemetry
+from openai_grpc_server.upstream.client import USER_AGENT
+
+from tests.contract import openapi_validation
 
 API_KEY = "sk-test-integration-0123456789"
 
@@ -76,12 +84,46 @@ class Gateway:
         return self.routes[name].input_cls(**fields)
 
 
+# Requests the session's fake upstream received and no test has validated yet.
+_received: list[RecordedRequest] = []
+# How many were validated in this session (printed in the terminal summary).
+validated_requests = 0
+
+
+def _from_gateway(record: RecordedRequest) -> None:
+    # Tests also call the fake directly (to know what it answers): only the gateway's count.
+    if record.headers.get("user-agent") == USER_AGENT:
+        _received.append(record)
+
+
 @pytest.fixture(scope="session")
 async def fake() -> AsyncIterator[FakeUpstream]:
     upstream = FakeUpstream(host="127.0.0.1", port=0)
+    upstream.observers.append(_from_gateway)
     await upstream.start()
     yield upstream
     await upstream.stop()
+
+
+@pytest.fixture(autouse=True)
+def _upstream_requests_follow_the_spec() -> Iterator[None]:
+    """Validate what this test made the gateway send upstream (after the test, in one go)."""
+    global validated_requests  # noqa: PLW0603
+    _received.clear()
+    yield
+    records = list(_received)
+    _received.clear()
+    problems = [v for r in records for v in openapi_validation.violations(r)]
+    validated_requests += len(records)
+    if problems:
+        pytest.fail("upstream requests the spec rejects:\n" + "\n".join(problems[:20]), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if validated_requests:
+        terminalreporter.write_line(
+            f"upstream requests validated against spec/openapi.yaml: {validated_requests}"
+        )
 
 
 async def start_gateway(

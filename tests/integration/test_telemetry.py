@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.integration.conftest import API_KEY, Gateway, settings_for, stop_gateway
+from tests.integration.conftest import API_KEY, Gateway, settings_for, start_gateway, stop_gateway
 
 CHAT = "/openai_grpc.v1.ChatService/CreateChatCompletion"
 STREAM = "/openai_grpc.v1.ChatService/StreamChatCompletion"
@@ -391,3 +391,41 @@ async def test_stream_cut_and_stream_cancel(fake: FakeUpstream, access: pytest.L
     assert statuses == {"STREAM_INTERRUPTED": 1, "CANCELLED": 1}
     assert len(obs.metrics()[semconv.TIME_TO_FIRST_CHUNK]) == 1  # both streams got a first chunk
     assert obs.metrics()[semconv.TIME_TO_FIRST_CHUNK][0].count == 2
+
+
+async def test_a_responses_stream_counts_the_usage_of_its_completed_event(fake: FakeUpstream) -> None:
+    """Responses streams have no `stream_options.include_usage` (only Chat and Completions do):
+    the gateway adds nothing, and still counts the tokens the `response.completed` event reports."""
+    fake.reset()
+    reader = InMemoryMetricReader()
+    gw = await start_gateway(
+        settings_for(fake.base_url),
+        telemetry=Telemetry(meter_provider=MeterProvider(metric_readers=[reader])),
+    )
+    try:
+        request = gw.request("StreamResponse", model="gpt-4o-mini", input_text="Say hi")
+        events = [
+            e async for frame in gw.server_stream("StreamResponse")(request, timeout=10) for e in frame.events
+        ]
+    finally:
+        await stop_gateway(gw)
+    [sent] = fake.requests
+    assert "stream_options" not in sent.json and sent.json["stream"] is True
+    completed = next(e for e in events if e.type == "response.completed")
+    want = {
+        "prompt": completed.response.usage.input_tokens,
+        "completion": completed.response.usage.output_tokens,
+    }
+    assert want["completion"] > 0
+    data = reader.get_metrics_data()
+    assert data is not None
+    counted = {
+        point.attributes["type"]: point.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "openai_tokens_used_total"
+        for point in m.data.data_points
+        if point.attributes and point.attributes.get("model") == "gpt-4o-mini"
+    }
+    assert counted == want

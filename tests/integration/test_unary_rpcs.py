@@ -25,7 +25,28 @@ UNARY = [r for r in routes.load_routes() if r.kind is routes.Kind.UNARY]
 _CURL_BODY = re.compile(r"-d '(\{.*?\})'\s*$", re.S | re.M)
 
 
+# Request examples of the spec that the spec itself rejects (`{...}` placeholders, a flat static
+# chunking strategy): the valid equivalent.
+_EXAMPLE_FIXES: dict[str, dict[str, Any]] = {
+    "SearchVectorStore": {"query": "What is the return policy?"},
+    "CreateVectorStoreFileBatch": {
+        "files": [
+            {"file_id": "file-abc123", "attributes": {"category": "finance"}},
+            {
+                "file_id": "file-abc456",
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 1200, "chunk_overlap_tokens": 200},
+                },
+            },
+        ]
+    },
+}
+
+
 def _example_body(route: routes.Route) -> dict[str, Any]:
+    if route.name in _EXAMPLE_FIXES:
+        return _EXAMPLE_FIXES[route.name]
     op = specmodel.load_spec()["paths"][route.path_template][route.http_method.lower()]
     examples = op.get("x-oaiMeta", {}).get("examples", [])
     for ex in examples if isinstance(examples, list) else [examples]:

@@ -17,7 +17,6 @@ from openai_grpc.v1 import (
     embeddings_pb2,
     models_pb2,
     responses_pb2,
-    threads_pb2,
     vector_stores_pb2,
 )
 from openai_grpc_server import codec, routes
@@ -520,38 +519,7 @@ def test_maps_of_messages_and_values() -> None:
     assert type(back["attributes"]["year"]) is int
 
 
-# --- explicit json_name ----------------------------------------------------------------------
-
-
-def _include_brackets_fields() -> list[tuple[str, str]]:
-    found = []
-    for msg_desc in threads_pb2.DESCRIPTOR.message_types_by_name.values():
-        for f in msg_desc.fields:
-            if f.json_name == "include[]":
-                found.append((msg_desc.name, f.name))
-    return found
-
-
-def test_threads_proto_declares_include_brackets() -> None:
-    assert ("CreateRunRequest", "include") in _include_brackets_fields()
-
-
-@pytest.mark.parametrize(("message", "field"), _include_brackets_fields())
-def test_explicit_json_name_is_the_key(message: str, field: str) -> None:
-    cls = getattr(threads_pb2, message)
-    f = cls.DESCRIPTOR.fields_by_name[field]
-    assert codec.json_key(f) == "include[]"
-    msg = codec.from_json({"include[]": ["step_details.tool_calls[*].file_search.results[*].content"]}, cls)
-    assert list(getattr(msg, field)) == ["step_details.tool_calls[*].file_search.results[*].content"]
-    assert codec.encode(msg)["include[]"] == ["step_details.tool_calls[*].file_search.results[*].content"]
-    assert field not in codec.encode(msg)
-
-
-def test_field_name_is_not_an_alias_for_explicit_json_name() -> None:
-    msg = codec.from_json({"thread_id": "t", "include": ["x"]}, threads_pb2.CreateRunRequest)
-    assert isinstance(msg, threads_pb2.CreateRunRequest)
-    assert list(msg.include) == []
-    assert extra_of(msg) == {"include": ["x"]}
+# --- JSON keys ---------------------------------------------------------------------------------
 
 
 def test_default_json_key_is_the_snake_case_name() -> None:
@@ -826,35 +794,37 @@ def test_get_query_leaves_out_unset_fields_but_keeps_set_zeros(route_table: dict
     assert build(route_table, "ListChatCompletions", {"limit": 0}).query == [("limit", "0")]
 
 
-def test_get_query_bools_are_lower_case_and_lists_repeat(route_table: dict[str, routes.Route]) -> None:
+def test_get_query_bools_are_lower_case_and_lists_use_brackets(route_table: dict[str, routes.Route]) -> None:
     route = route_table["ListModels"]
     msg = models_pb2.ListModelsRequest()
     msg.extra.update({"yes": True, "no": False, "ids": ["a", "b"], "n": 3, "f": 0.5})
     req = routes.build_request(route, msg)
     assert sorted(req.query) == sorted(
-        [("yes", "true"), ("no", "false"), ("ids", "a"), ("ids", "b"), ("n", "3"), ("f", "0.5")]
+        [("yes", "true"), ("no", "false"), ("ids[]", "a"), ("ids[]", "b"), ("n", "3"), ("f", "0.5")]
     )
 
 
 @pytest.mark.parametrize(
-    ("name", "body", "path", "key"),
+    ("name", "body", "path"),
     [
-        ("ListRunSteps", {"thread_id": "t", "run_id": "r"}, "/threads/t/runs/r/steps", "include[]"),
-        (
-            "GetRunStep",
-            {"thread_id": "t", "run_id": "r", "step_id": "s"},
-            "/threads/t/runs/r/steps/s",
-            "include[]",
-        ),
-        ("GetResponse", {"response_id": "resp_1"}, "/responses/resp_1", "include"),
+        ("ListRunSteps", {"thread_id": "t", "run_id": "r"}, "/threads/t/runs/r/steps"),
+        ("GetRunStep", {"thread_id": "t", "run_id": "r", "step_id": "s"}, "/threads/t/runs/r/steps/s"),
+        ("GetResponse", {"response_id": "resp_1"}, "/responses/resp_1"),
+        ("ListConversationItems", {"conversation_id": "c"}, "/conversations/c/items"),
     ],
 )
-def test_get_lists_repeat_their_key(
-    route_table: dict[str, routes.Route], name: str, body: dict[str, Any], path: str, key: str
+def test_get_lists_are_sent_with_brackets(
+    route_table: dict[str, routes.Route], name: str, body: dict[str, Any], path: str
 ) -> None:
-    req = build(route_table, name, {**body, key: ["a", "b"]})
+    """`include[]=a&include[]=b`, as the official SDK sends every query array."""
+    req = build(route_table, name, {**body, "include": ["a", "b"]})
     assert req.path == path
-    assert req.query == [(key, "a"), (key, "b")]
+    assert req.query == [("include[]", "a"), ("include[]", "b")]
+
+
+def test_get_query_objects_are_deep_objects(route_table: dict[str, routes.Route]) -> None:
+    req = build(route_table, "ListFineTuningJobs", {"metadata": {"k": "v"}})
+    assert req.query == [("metadata[k]", "v")]
 
 
 def test_post_sends_a_json_body(route_table: dict[str, routes.Route]) -> None:
@@ -876,16 +846,32 @@ def test_stream_true_adds_stream_to_the_body(route_table: dict[str, routes.Route
     assert req.body is not None and req.body["stream"] is True
 
 
-def test_include_brackets_stay_in_the_query_for_post(route_table: dict[str, routes.Route]) -> None:
-    body = {"thread_id": "thread/1", "assistant_id": "asst_1", "include[]": ["x", "y"], "temperature": 0.0}
-    req = build(route_table, "CreateRun", body)
+@pytest.mark.parametrize(
+    ("name", "body", "path"),
+    [
+        ("CreateRun", {"thread_id": "thread/1", "assistant_id": "asst_1"}, "/threads/thread%2F1/runs"),
+        ("CreateConversationItems", {"conversation_id": "conv_1"}, "/conversations/conv_1/items"),
+    ],
+)
+def test_query_fields_stay_in_the_query_for_post(
+    route_table: dict[str, routes.Route], name: str, body: dict[str, Any], path: str
+) -> None:
+    """Fields marked `(openai_grpc.v1.query)` go in the query even next to a JSON body."""
+    route = route_table[name]
+    assert route.query_keys == ("include",)
+    req = build(route_table, name, {**body, "include": ["x", "y"], "temperature": 0.0})
     assert req.method == "POST"
-    assert req.path == "/threads/thread%2F1/runs"
+    assert req.path == path
     assert req.query == [("include[]", "x"), ("include[]", "y")]
-    assert req.body == {"assistant_id": "asst_1", "temperature": 0.0}
+    rest = {k: v for k, v in body.items() if not k.endswith("_id") or k == "assistant_id"}
+    assert req.body == {**rest, "temperature": 0.0}
+
+
+def test_streamed_runs_keep_include_in_the_query(route_table: dict[str, routes.Route]) -> None:
+    body = {"thread_id": "t", "assistant_id": "asst_1", "include": ["x"]}
     streamed = build(route_table, "StreamRun", body, stream=True)
-    assert streamed.query == [("include[]", "x"), ("include[]", "y")]
-    assert streamed.body == {"assistant_id": "asst_1", "temperature": 0.0, "stream": True}
+    assert streamed.query == [("include[]", "x")]
+    assert streamed.body == {"assistant_id": "asst_1", "stream": True}
 
 
 def test_bodiless_post_and_delete_send_no_body(route_table: dict[str, routes.Route]) -> None:

@@ -345,6 +345,8 @@ class FakeUpstream:
         self._endpoints = {ep.key: ep for ep in self._router.endpoints}
         self._scripts = ScriptBook()
         self._records: deque[RecordedRequest] = deque(maxlen=self.config.record_limit)
+        # Called with every recorded request, on the event loop (tests validate them).
+        self.observers: list[Callable[[RecordedRequest], None]] = []
         self.stats = FakeStats()
         self.files: dict[str, UploadedFile] = {}
         self._uploads: dict[str, _Upload] = {}
@@ -777,24 +779,25 @@ class FakeUpstream:
         for k, v in request.headers.items():
             lk = k.lower()
             headers[lk] = f"{headers[lk]}, {v}" if lk in headers else v
-        self._records.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                route=match.endpoint.key if match is not None else None,
-                params=dict(match.params) if match is not None else {},
-                query=query,
-                query_all=query_all,
-                headers=headers,
-                content_type=request.content_type if request.body_exists else None,
-                json=body.json,
-                multipart=body.multipart,
-                body_size=body.size if body.multipart is None else sum(p.size for p in body.multipart),
-                body_sha256=body.sha256,
-                time=time.time(),
-                request_id=ctx.rid,
-            )
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            route=match.endpoint.key if match is not None else None,
+            params=dict(match.params) if match is not None else {},
+            query=query,
+            query_all=query_all,
+            headers=headers,
+            content_type=request.content_type if request.body_exists else None,
+            json=body.json,
+            multipart=body.multipart,
+            body_size=body.size if body.multipart is None else sum(p.size for p in body.multipart),
+            body_sha256=body.sha256,
+            time=time.time(),
+            request_id=ctx.rid,
         )
+        self._records.append(record)
+        for observer in self.observers:
+            observer(record)
 
     # -- writing
 

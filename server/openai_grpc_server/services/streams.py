@@ -92,6 +92,7 @@ async def _open_upstream(
         json=payload,
         time_left=attempt.timeout,
         beta=route.beta_header,
+        accept=route.accept,
         stream=True,
     )
     try:
@@ -160,14 +161,22 @@ def _converter(route: Route) -> EventConverter:
     return EventConverter(route)
 
 
+@functools.cache
+def has_include_usage(route: Route) -> bool:
+    """Whether the request's `stream_options` has `include_usage` (Chat and Completions only:
+    a Responses stream reports usage in its completed event, and has no such option)."""
+    options = route.input_desc.fields_by_name.get("stream_options")
+    return options is not None and "include_usage" in codec.message_type(options).fields_by_name
+
+
 def _ask_for_usage(route: Route, body: dict[str, Any] | None) -> bool:
     """Chat and completion streams report token usage only when asked to.
 
-    The gateway always asks, so metrics and the token limiter see real usage for streams too;
-    when the caller did not ask, the extra usage-only chunk is dropped before it reaches them.
-    Returns whether that chunk must be hidden.
+    The gateway always asks where the contract has the option, so metrics and the token limiter
+    see real usage for streams too; when the caller did not ask, the extra usage-only chunk is
+    dropped before it reaches them. Returns whether that chunk must be hidden.
     """
-    if body is None or "stream_options" not in route.input_desc.fields_by_name:
+    if body is None or not has_include_usage(route):
         return False
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is not None:

@@ -30,7 +30,7 @@ from openai_grpc_server.gateway import (
     usage_of,
 )
 from openai_grpc_server.resilience import Attempt
-from openai_grpc_server.routes import Route, flatten
+from openai_grpc_server.routes import QUERY_LIST_SUFFIX, Route, flatten
 from openai_grpc_server.upstream.client import forwarded_metadata
 
 # The multipart field a chunk with an empty `field` belongs to, by endpoint.
@@ -47,7 +47,7 @@ def _quote(value: str) -> str:
 
 def form_fields(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Flatten metadata the way OpenAI's SDKs do: lists as `name[]`, objects as `name[key]`."""
-    return [item for k, v in data.items() for item in flatten(k, v, list_suffix="[]")]
+    return [item for k, v in data.items() for item in flatten(k, v, QUERY_LIST_SUFFIX)]
 
 
 class MultipartStream:
@@ -141,6 +141,7 @@ async def relay_upload(
                 content_type=body.content_type,
                 time_left=a.timeout,
                 beta=route.beta_header,
+                accept=route.accept,
             )
 
         # The caller's chunks are streamed as they arrive and cannot be sent twice: no retries.

@@ -112,8 +112,8 @@ class UpstreamClient:
         )
 
     @staticmethod
-    def _headers(cred: Credential, beta: str | None, content_type: str | None) -> dict[str, str]:
-        headers = {"authorization": f"Bearer {cred.api_key.reveal()}"}
+    def _headers(cred: Credential, beta: str | None, content_type: str | None, accept: str) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {cred.api_key.reveal()}", "accept": accept}
         if cred.organization:
             headers["openai-organization"] = cred.organization
         if cred.project:
@@ -136,21 +136,23 @@ class UpstreamClient:
         content_type: str | None = None,
         time_left: float | None = None,
         beta: str | None = None,
+        accept: str = "application/json",
         stream: bool = False,
     ) -> httpx.Response:
         """Send one request; returns a 2xx response (open, when `stream`) or raises OpenAIError.
 
         The body is `json` (already serialised: callers size it for the token estimate) or a
-        streamed `content` with its `content_type` (multipart uploads).
+        streamed `content` with its `content_type` (multipart uploads). As OpenAI's SDKs do,
+        every request but a GET says `application/json`, bodiless POSTs and DELETEs included.
         """
-        if json is not None:
+        if json is not None or (content is None and method != "GET"):
             content_type = "application/json"
         request = self._client.build_request(
             method,
             path,
             params=list(query) if query else None,
             content=json if json is not None else content,
-            headers=self._headers(cred, beta, content_type),
+            headers=self._headers(cred, beta, content_type, accept),
             timeout=self._timeout(time_left),
         )
         try:

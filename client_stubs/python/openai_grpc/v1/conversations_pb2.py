@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from openai_grpc.v1 import options_pb2 as openai__grpc_dot_v1_dot_options__pb2
 from openai_grpc.v1 import responses_pb2 as openai__grpc_dot_v1_dot_responses__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"openai_grpc/v1/conversations.proto\x12\x0eopenai_grpc.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1eopenai_grpc/v1/responses.proto\"\xe8\x01\n\x0c\x43onversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06object\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\ncreated_at\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12<\n\x08metadata\x18\x04 \x03(\x0b\x32*.openai_grpc.v1.Conversation.MetadataEntry\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x19\x43reateConversationRequest\x12I\n\x08metadata\x18\x01 \x03(\x0b\x32\x37.openai_grpc.v1.CreateConversationRequest.MetadataEntry\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x1a\x43reateConversationResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation\"`\n\x16GetConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\x17GetConversationResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation\"\xdf\x01\n\x19UpdateConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12I\n\x08metadata\x18\x02 \x03(\x0b\x32\x37.openai_grpc.v1.UpdateConversationRequest.MetadataEntry\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x1aUpdateConversationResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation\"c\n\x19\x44\x65leteConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x84\x01\n\x1a\x44\x65leteConversationResponse\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06object\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x64\x65leted\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa6\x01\n\x1e\x43reateConversationItemsRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07include\x18\x02 \x03(\t\x12+\n\x05items\x18\x03 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd3\x01\n\x1f\x43reateConversationItemsResponse\x12\x14\n\x06object\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\x16\n\x08has_more\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\x16\n\x08\x66irst_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07last_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd1\x01\n\x1cListConversationItemsRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05order\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x61\x66ter\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x0f\n\x07include\x18\x05 \x03(\t\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\n\x06_limitB\x08\n\x06_orderB\x08\n\x06_after\"\xd1\x01\n\x1dListConversationItemsResponse\x12\x14\n\x06object\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\x16\n\x08has_more\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\x16\n\x08\x66irst_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07last_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8c\x01\n\x1aGetConversationItemRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07item_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07include\x18\x03 \x03(\t\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"I\n\x1bGetConversationItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\"~\n\x1d\x44\x65leteConversationItemRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07item_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x1e\x44\x65leteConversationItemResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation2\x97\n\n\x14\x43onversationsService\x12\x86\x01\n\x12\x43reateConversation\x12).openai_grpc.v1.CreateConversationRequest\x1a*.openai_grpc.v1.CreateConversationResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/conversations:\x01*\x12\x8c\x01\n\x0fGetConversation\x12&.openai_grpc.v1.GetConversationRequest\x1a\'.openai_grpc.v1.GetConversationResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /conversations/{conversation_id}\x12\x98\x01\n\x12UpdateConversation\x12).openai_grpc.v1.UpdateConversationRequest\x1a*.openai_grpc.v1.UpdateConversationResponse\"+\x82\xd3\xe4\x93\x02%\" /conversations/{conversation_id}:\x01*\x12\x95\x01\n\x12\x44\x65leteConversation\x12).openai_grpc.v1.DeleteConversationRequest\x1a*.openai_grpc.v1.DeleteConversationResponse\"(\x82\xd3\xe4\x93\x02\"* /conversations/{conversation_id}\x12\xad\x01\n\x17\x43reateConversationItems\x12..openai_grpc.v1.CreateConversationItemsRequest\x1a/.openai_grpc.v1.CreateConversationItemsResponse\"1\x82\xd3\xe4\x93\x02+\"&/conversations/{conversation_id}/items:\x01*\x12\xa4\x01\n\x15ListConversationItems\x12,.openai_grpc.v1.ListConversationItemsRequest\x1a-.openai_grpc.v1.ListConversationItemsResponse\".\x82\xd3\xe4\x93\x02(\x12&/conversations/{conversation_id}/items\x12\xa8\x01\n\x13GetConversationItem\x12*.openai_grpc.v1.GetConversationItemRequest\x1a+.openai_grpc.v1.GetConversationItemResponse\"8\x82\xd3\xe4\x93\x02\x32\x12\x30/conversations/{conversation_id}/items/{item_id}\x12\xb1\x01\n\x16\x44\x65leteConversationItem\x12-.openai_grpc.v1.DeleteConversationItemRequest\x1a..openai_grpc.v1.DeleteConversationItemResponse\"8\x82\xd3\xe4\x93\x02\x32*0/conversations/{conversation_id}/items/{item_id}BPZNgithub.com/openai-grpc/openai-grpc/client_stubs/go/openai_grpc/v1;openaigrpcv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"openai_grpc/v1/conversations.proto\x12\x0eopenai_grpc.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1copenai_grpc/v1/options.proto\x1a\x1eopenai_grpc/v1/responses.proto\"\xe8\x01\n\x0c\x43onversation\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06object\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\ncreated_at\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12<\n\x08metadata\x18\x04 \x03(\x0b\x32*.openai_grpc.v1.Conversation.MetadataEntry\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x01\n\x19\x43reateConversationRequest\x12I\n\x08metadata\x18\x01 \x03(\x0b\x32\x37.openai_grpc.v1.CreateConversationRequest.MetadataEntry\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x1a\x43reateConversationResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation\"`\n\x16GetConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\x17GetConversationResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation\"\xdf\x01\n\x19UpdateConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12I\n\x08metadata\x18\x02 \x03(\x0b\x32\x37.openai_grpc.v1.UpdateConversationRequest.MetadataEntry\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x1aUpdateConversationResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation\"c\n\x19\x44\x65leteConversationRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x84\x01\n\x1a\x44\x65leteConversationResponse\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06object\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x64\x65leted\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xac\x01\n\x1e\x43reateConversationItemsRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07include\x18\x02 \x03(\tB\x04\x88\xb5\x18\x01\x12+\n\x05items\x18\x03 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd3\x01\n\x1f\x43reateConversationItemsResponse\x12\x14\n\x06object\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\x16\n\x08has_more\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\x16\n\x08\x66irst_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07last_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd1\x01\n\x1cListConversationItemsRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05order\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x61\x66ter\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x0f\n\x07include\x18\x05 \x03(\t\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x08\n\x06_limitB\x08\n\x06_orderB\x08\n\x06_after\"\xd1\x01\n\x1dListConversationItemsResponse\x12\x14\n\x06object\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\x12\x16\n\x08has_more\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x02\x12\x16\n\x08\x66irst_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07last_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8c\x01\n\x1aGetConversationItemRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07item_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07include\x18\x03 \x03(\t\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"I\n\x1bGetConversationItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.ResponseItem\"~\n\x1d\x44\x65leteConversationItemRequest\x12\x1d\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07item_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x05\x65xtra\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x1e\x44\x65leteConversationItemResponse\x12\x32\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1c.openai_grpc.v1.Conversation2\x97\n\n\x14\x43onversationsService\x12\x86\x01\n\x12\x43reateConversation\x12).openai_grpc.v1.CreateConversationRequest\x1a*.openai_grpc.v1.CreateConversationResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/conversations:\x01*\x12\x8c\x01\n\x0fGetConversation\x12&.openai_grpc.v1.GetConversationRequest\x1a\'.openai_grpc.v1.GetConversationResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /conversations/{conversation_id}\x12\x98\x01\n\x12UpdateConversation\x12).openai_grpc.v1.UpdateConversationRequest\x1a*.openai_grpc.v1.UpdateConversationResponse\"+\x82\xd3\xe4\x93\x02%\" /conversations/{conversation_id}:\x01*\x12\x95\x01\n\x12\x44\x65leteConversation\x12).openai_grpc.v1.DeleteConversationRequest\x1a*.openai_grpc.v1.DeleteConversationResponse\"(\x82\xd3\xe4\x93\x02\"* /conversations/{conversation_id}\x12\xad\x01\n\x17\x43reateConversationItems\x12..openai_grpc.v1.CreateConversationItemsRequest\x1a/.openai_grpc.v1.CreateConversationItemsResponse\"1\x82\xd3\xe4\x93\x02+\"&/conversations/{conversation_id}/items:\x01*\x12\xa4\x01\n\x15ListConversationItems\x12,.openai_grpc.v1.ListConversationItemsRequest\x1a-.openai_grpc.v1.ListConversationItemsResponse\".\x82\xd3\xe4\x93\x02(\x12&/conversations/{conversation_id}/items\x12\xa8\x01\n\x13GetConversationItem\x12*.openai_grpc.v1.GetConversationItemRequest\x1a+.openai_grpc.v1.GetConversationItemResponse\"8\x82\xd3\xe4\x93\x02\x32\x12\x30/conversations/{conversation_id}/items/{item_id}\x12\xb1\x01\n\x16\x44\x65leteConversationItem\x12-.openai_grpc.v1.DeleteConversationItemRequest\x1a..openai_grpc.v1.DeleteConversationItemResponse\"8\x82\xd3\xe4\x93\x02\x32*0/conversations/{conversation_id}/items/{item_id}BPZNgithub.com/openai-grpc/openai-grpc/client_stubs/go/openai_grpc/v1;openaigrpcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,6 +63,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETECONVERSATIONRESPONSE'].fields_by_name['deleted']._serialized_options = b'\342A\001\002'
   _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['conversation_id']._loaded_options = None
   _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['include']._loaded_options = None
+  _globals['_CREATECONVERSATIONITEMSREQUEST'].fields_by_name['include']._serialized_options = b'\210\265\030\001'
   _globals['_CREATECONVERSATIONITEMSRESPONSE'].fields_by_name['object']._loaded_options = None
   _globals['_CREATECONVERSATIONITEMSRESPONSE'].fields_by_name['object']._serialized_options = b'\342A\001\002'
   _globals['_CREATECONVERSATIONITEMSRESPONSE'].fields_by_name['has_more']._loaded_options = None
@@ -104,46 +107,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['GetConversationItem']._serialized_options = b'\202\323\344\223\0022\0220/conversations/{conversation_id}/items/{item_id}'
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['DeleteConversationItem']._loaded_options = None
   _globals['_CONVERSATIONSSERVICE'].methods_by_name['DeleteConversationItem']._serialized_options = b'\202\323\344\223\0022*0/conversations/{conversation_id}/items/{item_id}'
-  _globals['_CONVERSATION']._serialized_start=180
-  _globals['_CONVERSATION']._serialized_end=412
-  _globals['_CONVERSATION_METADATAENTRY']._serialized_start=365
-  _globals['_CONVERSATION_METADATAENTRY']._serialized_end=412
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=415
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=652
-  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=365
-  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=412
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=654
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=734
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=736
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=832
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=834
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=911
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=914
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1137
-  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=365
-  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=412
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1139
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1219
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1221
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1320
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1323
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1455
-  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_start=1458
-  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_end=1624
-  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_start=1627
-  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_end=1838
-  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_start=1841
-  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_end=2050
-  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_start=2053
-  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_end=2262
-  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_start=2265
-  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_end=2405
-  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_start=2407
-  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_end=2480
-  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_start=2482
-  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_end=2608
-  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_start=2610
-  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_end=2694
-  _globals['_CONVERSATIONSSERVICE']._serialized_start=2697
-  _globals['_CONVERSATIONSSERVICE']._serialized_end=4000
+  _globals['_CONVERSATION']._serialized_start=210
+  _globals['_CONVERSATION']._serialized_end=442
+  _globals['_CONVERSATION_METADATAENTRY']._serialized_start=395
+  _globals['_CONVERSATION_METADATAENTRY']._serialized_end=442
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=445
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=682
+  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=395
+  _globals['_CREATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=442
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=684
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=764
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=766
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=862
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=864
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=941
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=944
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1167
+  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_start=395
+  _globals['_UPDATECONVERSATIONREQUEST_METADATAENTRY']._serialized_end=442
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1169
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1249
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=1251
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1350
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1353
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1485
+  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_start=1488
+  _globals['_CREATECONVERSATIONITEMSREQUEST']._serialized_end=1660
+  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_start=1663
+  _globals['_CREATECONVERSATIONITEMSRESPONSE']._serialized_end=1874
+  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_start=1877
+  _globals['_LISTCONVERSATIONITEMSREQUEST']._serialized_end=2086
+  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_start=2089
+  _globals['_LISTCONVERSATIONITEMSRESPONSE']._serialized_end=2298
+  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_start=2301
+  _globals['_GETCONVERSATIONITEMREQUEST']._serialized_end=2441
+  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_start=2443
+  _globals['_GETCONVERSATIONITEMRESPONSE']._serialized_end=2516
+  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_start=2518
+  _globals['_DELETECONVERSATIONITEMREQUEST']._serialized_end=2644
+  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_start=2646
+  _globals['_DELETECONVERSATIONITEMRESPONSE']._serialized_end=2730
+  _globals['_CONVERSATIONSSERVICE']._serialized_start=2733
+  _globals['_CONVERSATIONSSERVICE']._serialized_end=4036
 # @@protoc_insertion_point(module_scope)

@@ -370,8 +370,8 @@ class CreateConversationItemsRequest(_message.Message):
     """Id of the conversation."""
     @_builtins.property
     def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Extra data to add to the returned items, such as `file_search_call.results` (sent in
-        the query string).
+        """Extra data to add to the returned items, such as `file_search_call.results` (a query
+        parameter, sent as `include[]`).
         """
 
     @_builtins.property
