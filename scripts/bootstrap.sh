@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js and the Go protoc plugins. Safe to run repeatedly.
+# missing, the Debian packages for Node.js and Go; then the pinned stub generators
+# (scripts/gen_stubs.sh --tools: .venv/stubgen, protoc-gen-go and protoc-gen-go-grpc in .venv/bin).
+# Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
-command -v protoc-gen-go >/dev/null || need_apt+=(protoc-gen-go)
-command -v protoc-gen-go-grpc >/dev/null || need_apt+=(protoc-gen-go-grpc)
+command -v go >/dev/null || need_apt+=(golang-go)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2
@@ -26,11 +27,12 @@ fi
 
 # Reinstall only when the dependency declarations change.
 stamp=.venv/.openai-grpc-stamp
-want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml client_stubs/python/pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[server,dev]'
+  # The stubs are their own distribution; the gateway depends on it (one resolve for both).
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ./client_stubs/python -e '.[dev]'
   echo "$want" > "$stamp"
 fi
 
@@ -42,3 +44,5 @@ if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ]; then
   (cd "$ts" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$twant" > "$tstamp"
 fi
+
+scripts/gen_stubs.sh --tools
