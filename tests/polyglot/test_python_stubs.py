@@ -1,5 +1,6 @@
-"""The Python stubs as their own distribution, installed alone into fresh venvs at the lowest and
-the highest supported protobuf, running the README's Python snippet against a real gateway."""
+"""The Python stubs as their own distribution, installed alone into fresh venvs at the lowest, a
+6.x and the highest supported protobuf, running the README's Python snippet against a real gateway
+with warnings as errors."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.integration.conftest import Gateway
 STUBS = ROOT / "client_stubs" / "python"
 LEVELS = {
     "lowest": (ROOT / "requirements/stubs-lowest.txt", "5.29.0"),
+    "protobuf6": (ROOT / "requirements/stubs-protobuf6.txt", "6.33.6"),
     "highest": (ROOT / "requirements/constraints.txt", "7.36.2"),
 }
 # What a caller gets: the stubs and the four packages they need (typing-extensions comes with grpcio).
