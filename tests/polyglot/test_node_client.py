@@ -8,11 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
+import grpc
 import pytest
+from openai_grpc.v1 import chat_pb2_grpc, models_pb2_grpc
 from openai_grpc_server.fake_upstream import FakeUpstream
 
 from tests.contract.protomodel import ROOT
 from tests.integration.conftest import Gateway
+from tests.polyglot.test_service_config import UnavailableChat, FlakyModels
 
 TS = ROOT / "client_stubs" / "typescript"
 PEERS = ("@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node")
@@ -89,3 +92,40 @@ async def test_package_loads_with_require_too(project: Path) -> None:
         "{ console.error(missing); process.exit(1); }"
     )
     await _run("node", "--input-type=commonjs", "-e", probe, cwd=project)
+
+
+RETRY_PROBE = """
+import { createClient, ConnectError } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { ChatService, ModelsService, serviceConfigInterceptor } from "@openai-grpc/client";
+const transport = createGrpcTransport({
+  baseUrl: `http://${process.argv[2]}`,
+  interceptors: [serviceConfigInterceptor()],
+});
+const model = await createClient(ModelsService, transport).getModel({ model: "gpt-4o-mini" });
+let code = "";
+try {
+  await createClient(ChatService, transport).createChatCompletion({ model: "gpt-4o-mini" });
+} catch (err) {
+  code = String(ConnectError.from(err).code);
+}
+console.log(JSON.stringify({ id: model.model?.id ?? "", code }));
+"""
+
+
+async def test_interceptor_applies_the_service_config(project: Path) -> None:
+    """Connect reads no service config: the package's interceptor retries the read, not the create."""
+    models, chat = FlakyModels(), UnavailableChat()
+    server = grpc.aio.server()
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        (project / "retry.mjs").write_text(RETRY_PROBE)
+        out = await _run("node", "retry.mjs", f"127.0.0.1:{port}", cwd=project)
+    finally:
+        await server.stop(0)
+    assert json.loads(out.strip().splitlines()[-1]) == {"id": "gpt-4o-mini", "code": "14"}  # UNAVAILABLE
+    assert models.attempts == 2  # retried once on UNAVAILABLE
+    assert chat.attempts == 1  # a create is never retried

@@ -53,7 +53,7 @@ def test_only_idempotent_unary_reads_are_retried() -> None:
     assert retried == reads
 
 
-class _Models(models_pb2_grpc.ModelsServiceServicer):
+class FlakyModels(models_pb2_grpc.ModelsServiceServicer):
     def __init__(self) -> None:
         self.attempts = 0
         self.stall = False
@@ -69,7 +69,7 @@ class _Models(models_pb2_grpc.ModelsServiceServicer):
         return models_pb2.GetModelResponse(model=models_pb2.Model(id=request.model))
 
 
-class _Chat(chat_pb2_grpc.ChatServiceServicer):
+class UnavailableChat(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self) -> None:
         self.attempts = 0
 
@@ -81,7 +81,7 @@ class _Chat(chat_pb2_grpc.ChatServiceServicer):
 
 
 async def test_a_real_channel_applies_the_config() -> None:
-    models, chat = _Models(), _Chat()
+    models, chat = FlakyModels(), UnavailableChat()
     server = grpc.aio.server()
     models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
     chat_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)  # type: ignore[no-untyped-call]
@@ -113,7 +113,7 @@ async def test_the_channel_enforces_the_configured_deadline() -> None:
     config = _config()
     reads = next(e for e in config["methodConfig"] if "retryPolicy" in e)
     reads["timeout"] = "0.2s"
-    models = _Models()
+    models = FlakyModels()
     models.stall = True
     server = grpc.aio.server()
     models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
