@@ -15,7 +15,7 @@ from openai_grpc_server.fake_upstream import FakeUpstream
 
 from tests.contract.protomodel import ROOT
 from tests.integration.conftest import Gateway
-from tests.polyglot.test_service_config import UnavailableChat, FlakyModels
+from tests.polyglot.test_service_config import FlakyModels, UnavailableChat
 
 TS = ROOT / "client_stubs" / "typescript"
 PEERS = ("@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node")
