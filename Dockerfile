@@ -18,7 +18,7 @@ COPY server ./server
 RUN --mount=type=secret,id=ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -c requirements/constraints.txt '.[server]' \
+ && /opt/venv/bin/pip install -c requirements/constraints.txt ./client_stubs/python . \
  && /opt/venv/bin/pip uninstall -q -y pip setuptools
 
 FROM ${BASE_IMAGE}

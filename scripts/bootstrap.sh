@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js, the Go protoc plugins and the container image test.
+# missing, the Debian packages for Node.js, Go and the container image test; then the pinned stub generators
+# (scripts/gen_stubs.sh --tools: .venv/stubgen, protoc-gen-go and protoc-gen-go-grpc in .venv/bin).
 # Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,14 +10,13 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
-command -v protoc-gen-go >/dev/null || need_apt+=(protoc-gen-go)
-command -v protoc-gen-go-grpc >/dev/null || need_apt+=(protoc-gen-go-grpc)
 command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certs for the TLS fault tests
 # The image test (scripts/image.sh): podman with runc, a Debian base built by debootstrap.
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 for p in podman runc debootstrap uidmap:newuidmap fuse-overlayfs slirp4netns; do
   have "${p#*:}" || need_apt+=("${p%%:*}")
 done
+command -v go >/dev/null || need_apt+=(golang-go)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2
@@ -33,11 +33,12 @@ fi
 
 # Reinstall only when the dependency declarations change.
 stamp=.venv/.openai-grpc-stamp
-want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml client_stubs/python/pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[server,dev]'
+  # The stubs are their own distribution; the gateway depends on it (one resolve for both).
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ./client_stubs/python -e '.[dev]'
   echo "$want" > "$stamp"
 fi
 
@@ -52,3 +53,4 @@ fi
 
 # kustomize and helm (pinned, built from the Go module proxy) for the deployment tests.
 scripts/k8s_tools.sh
+scripts/gen_stubs.sh --tools

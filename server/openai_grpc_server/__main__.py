@@ -14,6 +14,8 @@ from openai_grpc_server import app, config, telemetry
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.errors import redact
 
+DEMO_GAP_MS = 40.0
+
 
 def _demo_hint(port: int) -> str:
     data = '{"model":"gpt-4o-mini","messages":[{"role":"user","content_text":"hi"}]}'
@@ -26,9 +28,11 @@ def _demo_hint(port: int) -> str:
 async def _run(settings: config.Settings) -> None:
     fake = None
     if settings.demo:
-        from openai_grpc_server.fake_upstream import FakeUpstream  # noqa: PLC0415
+        from openai_grpc_server.fake_upstream import FakeConfig, FakeUpstream  # noqa: PLC0415
 
-        fake = FakeUpstream(host="127.0.0.1", port=0)
+        # Paced like a model generating tokens, so a stream looks like one (grpcurl prints each
+        # message as it arrives); tests and benchmarks start their own, unpaced fake.
+        fake = FakeUpstream(host="127.0.0.1", port=0, config=FakeConfig(gap_ms=DEMO_GAP_MS))
         await fake.start()
         # Never hand a real key to the fake, even when one is set in the environment.
         settings = dataclasses.replace(

@@ -13,9 +13,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from openai_grpc_server import jsonlib, routes
+from openai_grpc_server import jsonlib, reflection, routes
 from openai_grpc_server.config import ConfigError, Settings
 from openai_grpc_server.errors import GatewayOverloaded
 from openai_grpc_server.gateway import Context, Gateway, deserializer
@@ -159,7 +158,8 @@ async def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)  # type: ignore[no-untyped-call]
     services = sorted({r.service for r in table})
     if settings.reflection:
-        reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        reflected = [*services, health.SERVICE_NAME]
+        reflection.add_to_server(server, reflected, extra_files=[health_pb2.DESCRIPTOR])
     address = f"{settings.host}:{settings.port}"
     creds = _credentials(settings)
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)

@@ -202,36 +202,6 @@ def test_tests_read_only_the_vendored_spec() -> None:
     assert (ROOT / "spec/LICENSE").exists()
 
 
-def test_client_install_pulls_only_grpc_and_protobuf(tmp_path: Path) -> None:
-    """`pip install .` gives callers `openai_grpc.v1` without any of the server's dependencies."""
-    venv = tmp_path / "client"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run(
-        [str(venv / "bin/pip"), "install", "-q", "-c", str(ROOT / "requirements/constraints.txt"), str(ROOT)],
-        capture_output=True,
-        text=True,
-    )
-    assert pip.returncode == 0, pip.stderr
-    listed = subprocess.run(
-        [str(venv / "bin/pip"), "list", "--format=freeze"], capture_output=True, text=True
-    )
-    names = {line.split("==")[0].lower().replace("_", "-") for line in listed.stdout.split()}
-    # googleapis-common-protos carries the google.api annotation modules the stubs import; it
-    # depends on protobuf alone. typing-extensions comes with grpcio.
-    allowed = {
-        "openai-grpc",
-        "grpcio",
-        "protobuf",
-        "googleapis-common-protos",
-        "typing-extensions",
-        "pip",
-        "setuptools",
-    }
-    assert names <= allowed, names - allowed
-    probe = "from openai_grpc.v1 import chat_pb2, chat_pb2_grpc; chat_pb2_grpc.ChatServiceStub"
-    assert subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True).returncode == 0
-
-
 def test_query_fields_are_the_spec_query_parameters() -> None:
     """Query versus body comes from the spec's `in: query`: every query parameter is a field the
     route table sends in the query string, under the key the official SDK uses, and nothing else is."""

@@ -87,7 +87,7 @@ def test_no_healthcheck_and_oci_labels() -> None:
 
 def test_server_install_only_and_nothing_written_at_start() -> None:
     runs = " ".join(args for k, args in instructions() if k == "RUN")
-    assert "'.[server]'" in runs and "[dev" not in runs and "dev]" not in runs
+    assert "./client_stubs/python ." in runs and "[dev" not in runs and "dev]" not in runs
     env = " ".join(args for k, args in final_stage() if k == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
 

@@ -203,16 +203,30 @@ async def test_sigterm_drains_in_flight_calls(fake: FakeUpstream) -> None:
         json.loads(line)  # every log line is structured JSON
 
 
-def _readme_grpcurl_lines() -> list[str]:
+def _readme_grpcurl_block() -> list[str]:
+    """The README's grpcurl block: its set-up line (`export PATH=...`) and the grpcurl lines."""
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
-    return [line.strip() for b in blocks for line in b.splitlines() if line.strip().startswith("grpcurl ")]
+    block = next(b for b in blocks if "grpcurl -plaintext localhost:50051 list" in b)
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def _shell_without_venv() -> dict[str, str]:
+    """A user's shell: nothing of the project's venv on PATH until the README puts it there."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    return clean_env(PATH=path)
 
 
 def test_readme_grpcurl_examples_work_verbatim() -> None:
-    """Every grpcurl line of the README, run as written against `--demo` on :50051."""
-    lines = _readme_grpcurl_lines()
-    assert len(lines) >= 8
+    """Every line of the README's grpcurl block, run as written by bash against `--demo` on :50051."""
+    lines = _readme_grpcurl_block()
+    setup = [line for line in lines if not line.startswith("grpcurl ")]
+    commands = [line for line in lines if line.startswith("grpcurl ")]
+    assert len(commands) >= 10 and setup
+    shell = _shell_without_venv()
+    bare = subprocess.run(["bash", "-c", "command -v grpcurl"], env=shell, capture_output=True, text=True)
+    assert bare.returncode != 0, "grpcurl is on PATH without the README's set-up: the test proves nothing"
     proc = subprocess.Popen(
         [sys.executable, "-m", "openai_grpc_server", "--demo"],
         env=clean_env(),
@@ -223,15 +237,23 @@ def test_readme_grpcurl_examples_work_verbatim() -> None:
     try:
         assert proc.stdout is not None
         assert "grpcurl" in "".join(proc.stdout.readline() for _ in range(2))
-        for line in lines:
-            argv = shlex.split(line)
-            argv[0] = GRPCURL
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        for line in commands:
+            script = "\n".join([*setup, line])
+            done = subprocess.run(
+                ["bash", "-c", script], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=30
+            )
             if '"temperature":3' in line:
                 assert done.returncode != 0 and "InvalidArgument" in done.stderr, line
                 assert "VALIDATION_FAILED" in done.stderr and "temperature" in done.stderr
-            else:
-                assert done.returncode == 0, f"{line}\n{done.stderr}"
+                continue
+            assert done.returncode == 0, f"{line}\n{done.stderr}"
+            if " describe " in line:
+                # The contract's documentation, as written in the protos.
+                comments = [x for x in done.stdout.splitlines() if x.strip().startswith("// ")]
+                assert comments, f"{line}: no documentation\n{done.stdout}"
+            if "/Stream" in line:
+                # Paced: the demo's stream arrives as several messages, not one.
+                assert done.stdout.count('"events"') >= 3, done.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -1,4 +1,6 @@
-// Entry point of the generated TypeScript stubs: re-exports every service and message.
+// Entry point of the TypeScript stubs: every service and message of the contract, the gRPC
+// service config and a Connect interceptor that applies it. The google.rpc error detail
+// messages are under "@openai-grpc/client/google/rpc".
 export * from "./gen/openai_grpc/v1/assistants_pb.js";
 export * from "./gen/openai_grpc/v1/audio_pb.js";
 export * from "./gen/openai_grpc/v1/batches_pb.js";
@@ -16,3 +18,4 @@ export * from "./gen/openai_grpc/v1/responses_pb.js";
 export * from "./gen/openai_grpc/v1/threads_pb.js";
 export * from "./gen/openai_grpc/v1/uploads_pb.js";
 export * from "./gen/openai_grpc/v1/vector_stores_pb.js";
+export * from "./interceptor.js";

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import assistants_pb2 as openai__grpc_dot_v1_dot_assistants__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/assistants_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/assistants_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class AssistantsServiceStub:
+class AssistantsServiceStub(object):
     """Manages assistants: stored bundles of a model, instructions and tools that threads and runs
     (ThreadsService) execute. OpenAI has deprecated these endpoints in favour of the Responses
     API; they keep working until OpenAI switches them off.
@@ -64,7 +64,7 @@ class AssistantsServiceStub:
                 _registered_method=True)
 
 
-class AssistantsServiceServicer:
+class AssistantsServiceServicer(object):
     """Manages assistants: stored bundles of a model, instructions and tools that threads and runs
     (ThreadsService) execute. OpenAI has deprecated these endpoints in favour of the Responses
     API; they keep working until OpenAI switches them off.
@@ -141,7 +141,7 @@ def add_AssistantsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class AssistantsService:
+class AssistantsService(object):
     """Manages assistants: stored bundles of a model, instructions and tools that threads and runs
     (ThreadsService) execute. OpenAI has deprecated these endpoints in favour of the Responses
     API; they keep working until OpenAI switches them off.

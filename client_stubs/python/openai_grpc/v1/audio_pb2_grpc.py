@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import audio_pb2 as openai__grpc_dot_v1_dot_audio__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/audio_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/audio_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class AudioServiceStub:
+class AudioServiceStub(object):
     """Speech synthesis from text, and speech recognition from uploaded audio.
     """
 
@@ -52,7 +52,7 @@ class AudioServiceStub:
                 _registered_method=True)
 
 
-class AudioServiceServicer:
+class AudioServiceServicer(object):
     """Speech synthesis from text, and speech recognition from uploaded audio.
     """
 
@@ -105,7 +105,7 @@ def add_AudioServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class AudioService:
+class AudioService(object):
     """Speech synthesis from text, and speech recognition from uploaded audio.
     """
 

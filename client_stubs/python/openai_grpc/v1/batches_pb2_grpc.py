@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import batches_pb2 as openai__grpc_dot_v1_dot_batches__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/batches_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/batches_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class BatchesServiceStub:
+class BatchesServiceStub(object):
     """Runs large sets of API requests asynchronously from an uploaded JSONL file, at a lower price
     than calling the endpoints one by one.
     """
@@ -58,7 +58,7 @@ class BatchesServiceStub:
                 _registered_method=True)
 
 
-class BatchesServiceServicer:
+class BatchesServiceServicer(object):
     """Runs large sets of API requests asynchronously from an uploaded JSONL file, at a lower price
     than calling the endpoints one by one.
     """
@@ -123,7 +123,7 @@ def add_BatchesServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class BatchesService:
+class BatchesService(object):
     """Runs large sets of API requests asynchronously from an uploaded JSONL file, at a lower price
     than calling the endpoints one by one.
     """

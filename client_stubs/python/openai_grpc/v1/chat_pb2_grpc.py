@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import chat_pb2 as openai__grpc_dot_v1_dot_chat__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/chat_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/chat_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ChatServiceStub:
+class ChatServiceStub(object):
     """Generates model replies to a conversation, and manages the chat completions kept with `store`.
     """
 
@@ -72,7 +72,7 @@ class ChatServiceStub:
                 _registered_method=True)
 
 
-class ChatServiceServicer:
+class ChatServiceServicer(object):
     """Generates model replies to a conversation, and manages the chat completions kept with `store`.
     """
 
@@ -171,7 +171,7 @@ def add_ChatServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ChatService:
+class ChatService(object):
     """Generates model replies to a conversation, and manages the chat completions kept with `store`.
     """
 

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import completions_pb2 as openai__grpc_dot_v1_dot_completions__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/completions_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/completions_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class CompletionsServiceStub:
+class CompletionsServiceStub(object):
     """Legacy text completions: the model continues a prompt. New work should use ChatService.
     """
 
@@ -47,7 +47,7 @@ class CompletionsServiceStub:
                 _registered_method=True)
 
 
-class CompletionsServiceServicer:
+class CompletionsServiceServicer(object):
     """Legacy text completions: the model continues a prompt. New work should use ChatService.
     """
 
@@ -86,7 +86,7 @@ def add_CompletionsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class CompletionsService:
+class CompletionsService(object):
     """Legacy text completions: the model continues a prompt. New work should use ChatService.
     """
 

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import conversations_pb2 as openai__grpc_dot_v1_dot_conversations__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/conversations_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/conversations_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ConversationsServiceStub:
+class ConversationsServiceStub(object):
     """Keeps conversations: durable lists of items (messages, tool calls, reasoning, ...) that
     responses read as context and append to, so callers need not resend history.
     """
@@ -78,7 +78,7 @@ class ConversationsServiceStub:
                 _registered_method=True)
 
 
-class ConversationsServiceServicer:
+class ConversationsServiceServicer(object):
     """Keeps conversations: durable lists of items (messages, tool calls, reasoning, ...) that
     responses read as context and append to, so callers need not resend history.
     """
@@ -190,7 +190,7 @@ def add_ConversationsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ConversationsService:
+class ConversationsService(object):
     """Keeps conversations: durable lists of items (messages, tool calls, reasoning, ...) that
     responses read as context and append to, so callers need not resend history.
     """

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import embeddings_pb2 as openai__grpc_dot_v1_dot_embeddings__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/embeddings_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/embeddings_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class EmbeddingsServiceStub:
+class EmbeddingsServiceStub(object):
     """Turns text (or token ids) into vectors for search, clustering and similarity.
     """
 
@@ -42,7 +42,7 @@ class EmbeddingsServiceStub:
                 _registered_method=True)
 
 
-class EmbeddingsServiceServicer:
+class EmbeddingsServiceServicer(object):
     """Turns text (or token ids) into vectors for search, clustering and similarity.
     """
 
@@ -69,7 +69,7 @@ def add_EmbeddingsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class EmbeddingsService:
+class EmbeddingsService(object):
     """Turns text (or token ids) into vectors for search, clustering and similarity.
     """
 

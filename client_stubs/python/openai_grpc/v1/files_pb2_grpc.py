@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import files_pb2 as openai__grpc_dot_v1_dot_files__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/files_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/files_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class FilesServiceStub:
+class FilesServiceStub(object):
     """Stores files on OpenAI for use by other endpoints (fine-tuning, batches, assistants, vector
     stores, vision), lists and describes them, streams their bytes back and deletes them.
     """
@@ -63,7 +63,7 @@ class FilesServiceStub:
                 _registered_method=True)
 
 
-class FilesServiceServicer:
+class FilesServiceServicer(object):
     """Stores files on OpenAI for use by other endpoints (fine-tuning, batches, assistants, vector
     stores, vision), lists and describes them, streams their bytes back and deletes them.
     """
@@ -140,7 +140,7 @@ def add_FilesServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class FilesService:
+class FilesService(object):
     """Stores files on OpenAI for use by other endpoints (fine-tuning, batches, assistants, vector
     stores, vision), lists and describes them, streams their bytes back and deletes them.
     """

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import fine_tuning_pb2 as openai__grpc_dot_v1_dot_fine__tuning__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/fine_tuning_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/fine_tuning_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class FineTuningServiceStub:
+class FineTuningServiceStub(object):
     """Trains custom models from the caller's datasets and follows the training jobs: their
     progress events, intermediate checkpoints, pausing, resuming and cancellation.
     """
@@ -78,7 +78,7 @@ class FineTuningServiceStub:
                 _registered_method=True)
 
 
-class FineTuningServiceServicer:
+class FineTuningServiceServicer(object):
     """Trains custom models from the caller's datasets and follows the training jobs: their
     progress events, intermediate checkpoints, pausing, resuming and cancellation.
     """
@@ -190,7 +190,7 @@ def add_FineTuningServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class FineTuningService:
+class FineTuningService(object):
     """Trains custom models from the caller's datasets and follows the training jobs: their
     progress events, intermediate checkpoints, pausing, resuming and cancellation.
     """

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import models_pb2 as openai__grpc_dot_v1_dot_models__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/models_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/models_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ModelsServiceStub:
+class ModelsServiceStub(object):
     """Lists the models the credential can use, describes one, and deletes fine-tuned models.
     """
 
@@ -52,7 +52,7 @@ class ModelsServiceStub:
                 _registered_method=True)
 
 
-class ModelsServiceServicer:
+class ModelsServiceServicer(object):
     """Lists the models the credential can use, describes one, and deletes fine-tuned models.
     """
 
@@ -103,7 +103,7 @@ def add_ModelsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModelsService:
+class ModelsService(object):
     """Lists the models the credential can use, describes one, and deletes fine-tuned models.
     """
 

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import moderations_pb2 as openai__grpc_dot_v1_dot_moderations__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/moderations_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/moderations_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ModerationsServiceStub:
+class ModerationsServiceStub(object):
     """Screens text and images for content that breaks OpenAI's usage policies.
     """
 
@@ -42,7 +42,7 @@ class ModerationsServiceStub:
                 _registered_method=True)
 
 
-class ModerationsServiceServicer:
+class ModerationsServiceServicer(object):
     """Screens text and images for content that breaks OpenAI's usage policies.
     """
 
@@ -69,7 +69,7 @@ def add_ModerationsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModerationsService:
+class ModerationsService(object):
     """Screens text and images for content that breaks OpenAI's usage policies.
     """
 

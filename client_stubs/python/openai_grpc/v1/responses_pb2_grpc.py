@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import responses_pb2 as openai__grpc_dot_v1_dot_responses__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/responses_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/responses_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ResponsesServiceStub:
+class ResponsesServiceStub(object):
     """The Responses API: one call that takes text, images, files and earlier items, lets the model
     use built-in or caller-defined tools, and returns a stored response that later calls can
     continue from.
@@ -74,7 +74,7 @@ class ResponsesServiceStub:
                 _registered_method=True)
 
 
-class ResponsesServiceServicer:
+class ResponsesServiceServicer(object):
     """The Responses API: one call that takes text, images, files and earlier items, lets the model
     use built-in or caller-defined tools, and returns a stored response that later calls can
     continue from.
@@ -177,7 +177,7 @@ def add_ResponsesServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ResponsesService:
+class ResponsesService(object):
     """The Responses API: one call that takes text, images, files and earlier items, lets the model
     use built-in or caller-defined tools, and returns a stored response that later calls can
     continue from.

@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import threads_pb2 as openai__grpc_dot_v1_dot_threads__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/threads_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/threads_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class ThreadsServiceStub:
+class ThreadsServiceStub(object):
     """Conversations with assistants: threads hold messages, runs execute an assistant on a thread,
     and run steps record what a run did (messages written, tools called). Part of OpenAI's
     deprecated Assistants API, like AssistantsService.
@@ -144,7 +144,7 @@ class ThreadsServiceStub:
                 _registered_method=True)
 
 
-class ThreadsServiceServicer:
+class ThreadsServiceServicer(object):
     """Conversations with assistants: threads hold messages, runs execute an assistant on a thread,
     and run steps record what a run did (messages written, tools called). Part of OpenAI's
     deprecated Assistants API, like AssistantsService.
@@ -416,7 +416,7 @@ def add_ThreadsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ThreadsService:
+class ThreadsService(object):
     """Conversations with assistants: threads hold messages, runs execute an assistant on a thread,
     and run steps record what a run did (messages written, tools called). Part of OpenAI's
     deprecated Assistants API, like AssistantsService.

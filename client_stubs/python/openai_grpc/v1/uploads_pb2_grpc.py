@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import uploads_pb2 as openai__grpc_dot_v1_dot_uploads__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/uploads_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/uploads_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class UploadsServiceStub:
+class UploadsServiceStub(object):
     """Sends a large file to OpenAI in several parts: open an upload, add its parts (possibly in
     parallel), then complete it to obtain an ordinary stored file, or cancel it.
     """
@@ -58,7 +58,7 @@ class UploadsServiceStub:
                 _registered_method=True)
 
 
-class UploadsServiceServicer:
+class UploadsServiceServicer(object):
     """Sends a large file to OpenAI in several parts: open an upload, add its parts (possibly in
     parallel), then complete it to obtain an ordinary stored file, or cancel it.
     """
@@ -125,7 +125,7 @@ def add_UploadsServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class UploadsService:
+class UploadsService(object):
     """Sends a large file to OpenAI in several parts: open an upload, add its parts (possibly in
     parallel), then complete it to obtain an ordinary stored file, or cancel it.
     """

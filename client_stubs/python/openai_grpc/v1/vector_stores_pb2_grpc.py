@@ -5,7 +5,7 @@ import warnings
 
 from openai_grpc.v1 import vector_stores_pb2 as openai__grpc_dot_v1_dot_vector__stores__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in openai_grpc/v1/vector_stores_pb2_grpc.py depends on'
+        + f' but the generated code in openai_grpc/v1/vector_stores_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class VectorStoresServiceStub:
+class VectorStoresServiceStub(object):
     """Manages vector stores: indexes of chunked, embedded files that the file_search tool and the
     search call query. Covers the stores themselves, the files attached to them (one by one or
     in batches) and semantic search over their contents.
@@ -119,7 +119,7 @@ class VectorStoresServiceStub:
                 _registered_method=True)
 
 
-class VectorStoresServiceServicer:
+class VectorStoresServiceServicer(object):
     """Manages vector stores: indexes of chunked, embedded files that the file_search tool and the
     search call query. Covers the stores themselves, the files attached to them (one by one or
     in batches) and semantic search over their contents.
@@ -329,7 +329,7 @@ def add_VectorStoresServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class VectorStoresService:
+class VectorStoresService(object):
     """Manages vector stores: indexes of chunked, embedded files that the file_search tool and the
     search call query. Covers the stores themselves, the files attached to them (one by one or
     in batches) and semantic search over their contents.
