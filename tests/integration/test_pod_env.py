@@ -46,7 +46,8 @@ IGNORED_LINKS = "ignored Kubernetes service-link variables that share a setting'
 
 
 def install_server_only(venv: Path) -> None:
-    """`pip install ./client_stubs/python .` (the stubs distribution and the server) into a fresh venv, from the files the image build copies: the
+    """`pip install ./client_stubs/python .` (the stubs, then the server) into a fresh venv,
+    from the files the image build copies: the
     one place that says how the server is installed without the dev tools."""
     src = venv.parent / "src"
     for item in ("pyproject.toml", "README.md", "requirements", "client_stubs/python", "server"):
@@ -59,7 +60,7 @@ def install_server_only(venv: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run(
-        [*pip, "-c", str(src / "requirements" / "constraints.txt"), str(src / "client_stubs" / "python"), str(src)],
+        [*pip, "-c", str(src / "requirements/constraints.txt"), str(src / "client_stubs/python"), str(src)],
         check=True,
         timeout=900,
     )
