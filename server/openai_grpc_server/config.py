@@ -11,12 +11,14 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
 
+from openai_grpc_server import __version__
 from openai_grpc_server.auth import Authenticator, Credential, Secret, tenants_from_mapping
 from openai_grpc_server.resilience import BreakerConfig, RateLimitConfig, RetryConfig
 from openai_grpc_server.upstream.client import UpstreamSettings
@@ -61,6 +63,8 @@ class Settings:
     embeddings_base64: bool = True
     coalesce_events: bool = True
     log_level: str = "INFO"
+    # Proxies (HTTP(S)_PROXY, NO_PROXY) and CAs (SSL_CERT_FILE/_DIR) from the environment, as the SDK.
+    trust_env: bool = True
     retry: RetryConfig = dataclasses.field(default_factory=RetryConfig)
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
     breaker: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
@@ -73,6 +77,7 @@ class Settings:
             max_connections=self.max_connections,
             max_keepalive=self.max_connections,
             transport=self.upstream_transport,
+            trust_env=self.trust_env,
         )
 
     def authenticator(self) -> Authenticator:
@@ -112,6 +117,7 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("embeddings_base64", "OPENAI_GRPC_EMBEDDINGS_BASE64", bool),
     ("coalesce_events", "OPENAI_GRPC_COALESCE_EVENTS", bool),
     ("log_level", "OPENAI_GRPC_LOG_LEVEL", str),
+    ("trust_env", "OPENAI_GRPC_TRUST_ENV", bool),
 )
 # Resilience sections: env OPENAI_GRPC_<SECTION>_<KEY>, file `<section>: {key: value}`.
 _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
@@ -152,8 +158,38 @@ def _convert(name: str, kind: type, raw: Any) -> Any:
         raise ConfigError(f"setting {name!r}: {raw!r} is not a valid {kind.__name__}") from exc
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)  # one line, like every other bad setting
+
+
+def _version() -> str:
+    try:
+        return metadata.version("openai-grpc")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return __version__
+
+
+def _settings_help() -> str:
+    width = max(len(n) for n, _, _ in _SCALARS) + 2
+    rows = [f"  {n:<{width}}{var}" for n, var, _ in _SCALARS]
+    rows.append(f"  {'api_key':<{width}}OPENAI_API_KEY (or api_key_file / --api-key-file)")
+    rows += [f"  {f'{n}.<key>':<{width}}OPENAI_GRPC_{n.upper()}_<KEY>" for n, _ in _SECTIONS]
+    return (
+        "settings (config-file key, then environment variable; flags above win over both, the\n"
+        "environment over the file); README.md 'Configuration' gives each one's meaning and default:\n"
+        + "\n".join(rows)
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="openai-grpc-server", description="gRPC gateway for the OpenAI API")
+    p = _Parser(
+        prog="openai-grpc-server",
+        description="gRPC gateway for the OpenAI API",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port to listen on (default 50051)")
     p.add_argument("--demo", action="store_true", help="serve from the embedded fake upstream; no key needed")
@@ -263,6 +299,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(
             "with several workers, scrape each pod's metrics through OTLP, not one metrics_port"
         )
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {s.log_level!r}")
     if s.grace_seconds < 0:
         raise ConfigError("grace_seconds must not be negative")
     return s
