@@ -10,6 +10,7 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v protoc-gen-go >/dev/null || need_apt+=(protoc-gen-go)
 command -v protoc-gen-go-grpc >/dev/null || need_apt+=(protoc-gen-go-grpc)
+command -v openssl >/dev/null || need_apt+=(openssl)  # test certificates (test_upstream_env.py)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2

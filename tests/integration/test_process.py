@@ -407,6 +407,54 @@ async def test_a_dead_worker_takes_the_gateway_down(fake: FakeUpstream) -> None:
     assert died and died[0]["pid"] == workers[0] and died[0]["exit_code"] == 137
 
 
+async def test_no_worker_says_serving_before_all_listen() -> None:
+    """The supervisor is frozen (SIGSTOP) as soon as its first worker exists: that worker comes
+    up and listens, but health stays NOT_SERVING until the supervisor has seen every worker."""
+    from grpc_health.v1 import health_pb2  # noqa: PLC0415
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "openai_grpc_server",
+        "--demo",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        for _ in range(3000):
+            if _children(proc.pid):
+                break
+            await asyncio.sleep(0.002)
+        # A worker needs far longer to import and listen than this takes to freeze its parent.
+        proc.send_signal(signal.SIGSTOP)
+        status = None
+        for _ in range(600):  # until a worker answers
+            try:
+                status = await _health(port, wait=2)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.05)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        proc.send_signal(signal.SIGCONT)
+        assert b"grpcurl" in await asyncio.wait_for(proc.stdout.read(400), 30)
+        for _ in range(4):  # new connections, each to either worker
+            assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            await proc.wait()
+
+
 async def test_workers_stop_when_their_supervisor_is_killed() -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
