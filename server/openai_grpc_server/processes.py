@@ -42,12 +42,10 @@ class PortInUse(Exception):
 
 @dataclasses.dataclass
 class PortClaim:
-    port: int
-    _lock: socket.socket | None
+    """Held for the life of the process (the lock is released when the process exits)."""
 
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
+    port: int
+    lock: socket.socket | None
 
 
 def claim_port(host: str, port: int) -> PortClaim:
