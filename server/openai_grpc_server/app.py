@@ -142,7 +142,10 @@ async def start(
         reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = f"{settings.host}:{settings.port}"
     creds = _credentials(settings)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind": __main__ shows OSError as one line
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

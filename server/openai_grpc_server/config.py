@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -85,7 +86,10 @@ class Settings:
         if self.auth_mode == "tokens":
             assert self.tenants_file is not None
             data = _read_file(Path(self.tenants_file))
-            return Authenticator("tokens", default, tenants_from_mapping(data, Path(self.tenants_file)))
+            try:
+                return Authenticator("tokens", default, tenants_from_mapping(data, Path(self.tenants_file)))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         return Authenticator("none", default)
 
 
@@ -299,6 +303,16 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(
             "with several workers, scrape each pod's metrics through OTLP, not one metrics_port"
         )
+    if s.auth_mode == "tokens":
+        s.authenticator()  # a bad tenants file is a bad setting too
+    if s.tls_cert and s.tls_key:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:  # what gRPC would only report as "failed to bind"; an encrypted key never prompts
+            ctx.load_cert_chain(s.tls_cert, s.tls_key, password="")
+            if s.tls_client_ca:
+                ctx.load_verify_locations(s.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"tls_cert, tls_key or tls_client_ca cannot be loaded: {exc}") from exc
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {s.log_level!r}")
     if s.grace_seconds < 0:

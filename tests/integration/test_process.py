@@ -81,6 +81,9 @@ def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+KEY = {"OPENAI_API_KEY": "sk-x"}
+
+
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
@@ -95,6 +98,16 @@ def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         (("--wokers", "2"), {"OPENAI_API_KEY": "sk-x"}, "unrecognized arguments: --wokers"),
         ((), {"OPENAI_API_KEY": "sk-x", "OPENAI_GRPC_TRUST_ENV": "maybe"}, "OPENAI_GRPC_TRUST_ENV"),
         (("--port", "1", "--host", "192.0.2.1"), {"OPENAI_API_KEY": "sk-x"}, "cannot listen on 192.0.2.1:1"),
+        (
+            (),
+            {**KEY, "OPENAI_GRPC_TLS_CERT": "/dev/null", "OPENAI_GRPC_TLS_KEY": "/dev/null"},
+            "tls_cert, tls_key or tls_client_ca cannot be loaded",
+        ),
+        (
+            (),
+            {"OPENAI_GRPC_AUTH_MODE": "tokens", "OPENAI_GRPC_TENANTS_FILE": "/dev/null"},
+            "expected a non-empty `tenants` list",
+        ),
     ],
     ids=[
         "no-key",
@@ -108,6 +121,8 @@ def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         "unknown-flag",
         "bad-trust-env",
         "address-not-here",
+        "tls-not-pem",
+        "tenants-file-empty",
     ],
 )
 def test_bad_configuration_stops_at_start(args: tuple[str, ...], env: dict[str, str], needle: str) -> None:
