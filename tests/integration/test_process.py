@@ -560,3 +560,39 @@ def test_help_names_every_setting() -> None:
     assert "OPENAI_API_KEY" in text and "README.md" in text
     for flag in ("--config", "--port", "--log-level", "--workers", "--version", "--demo"):
         assert flag in text
+
+
+def _time_wait_on(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "06":
+                return True
+    return False
+
+
+async def test_a_restart_on_the_port_of_a_killed_gateway_is_no_conflict() -> None:
+    """Connections the killed gateway's kernel closed linger in TIME_WAIT on its port; they
+    are no listener, so the restart (systemd, a supervisor) binds."""
+    from grpc_health.v1 import health_pb2  # noqa: PLC0415
+
+    port = free_port()
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "openai_grpc_server", "--demo", "--port", str(port),
+        env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert first.stdout is not None
+    assert b"demo gateway" in await asyncio.wait_for(first.stdout.readline(), 30)
+    async with _new_connection(port) as channel:
+        from grpc_health.v1 import health_pb2_grpc  # noqa: PLC0415
+
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        first.kill()  # the kernel closes its connections first: its side goes to TIME_WAIT
+        await first.wait()
+        for _ in range(200):
+            if _time_wait_on(port):
+                break
+            await asyncio.sleep(0.05)
+    assert _time_wait_on(port), "no TIME_WAIT connection: the test would prove nothing"
+    async with gateway_process("--demo", "--port", str(port), env=clean_env()):
+        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
