@@ -289,7 +289,10 @@ def test_readme_grpcurl_examples_work_verbatim() -> None:
     )
     try:
         assert proc.stdout is not None
-        assert "grpcurl" in "".join(proc.stdout.readline() for _ in range(2))
+        banner = "".join(proc.stdout.readline() for _ in range(2))
+        if "grpcurl" not in banner:
+            proc.kill()
+            pytest.fail(f"no demo banner (is :50051 taken?): {proc.communicate(timeout=30)[1]}")
         for line in lines:
             argv = shlex.split(line)
             argv[0] = GRPCURL
@@ -300,8 +303,9 @@ def test_readme_grpcurl_examples_work_verbatim() -> None:
             else:
                 assert done.returncode == 0, f"{line}\n{done.stderr}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
 
 
 def _children(pid: int) -> list[int]:
