@@ -82,7 +82,10 @@ def claim_port(host: str, port: int) -> PortClaim:
             lock.bind(f"\0openai-grpc-server/{host}:{port}")
         except OSError as exc:
             lock.close()
-            raise PortInUse(f"port {port} on {host} is already claimed by another gateway") from exc
+            lock = None
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already claimed by another gateway") from exc
+            # Elsewhere (a sandbox without abstract sockets) the probe alone has to do.
     return PortClaim(port, lock)
 
 
