@@ -56,7 +56,7 @@ def claim_port(host: str, port: int) -> PortClaim:
     failing on the previous run's TIME_WAIT connections. The probe is closed before gRPC binds,
     so two gateways started at the same instant could both pass it: an abstract Unix socket
     named after the address (per network namespace, like ports; released by the kernel when the
-    process dies, even on SIGKILL) closes that window. Port 0 gets a free port for the workers.
+    process dies, even on SIGKILL) closes that window.
     """
     bare = host.strip("[]") or None
     try:
