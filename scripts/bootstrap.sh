@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
-command -v openssl >/dev/null || need_apt+=(openssl)  # self-signed certs for the TLS fault tests
+command -v openssl >/dev/null || need_apt+=(openssl)  # test certificates (TLS fault and proxy tests)
 # The image test (scripts/image.sh): podman with runc, a Debian base built by debootstrap.
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 for p in podman runc debootstrap uidmap:newuidmap fuse-overlayfs slirp4netns; do

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 
-from openai_grpc_server import app, config, telemetry
+from openai_grpc_server import app, config, processes, telemetry
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.errors import redact
 
@@ -25,7 +23,13 @@ def _demo_hint(port: int) -> str:
     )
 
 
-async def _run(settings: config.Settings) -> None:
+def _banner(settings: config.Settings, port: int) -> str:
+    if settings.demo:
+        return _demo_hint(port)
+    return f"openai-grpc gateway listening on {settings.host}:{port}"
+
+
+async def _run(settings: config.Settings, supervisor_fd: int | None) -> None:
     fake = None
     if settings.demo:
         from openai_grpc_server.fake_upstream import FakeConfig, FakeUpstream  # noqa: PLC0415
@@ -40,39 +44,14 @@ async def _run(settings: config.Settings) -> None:
         )
 
     def ready(running: app.Running) -> None:
-        if settings.demo:
-            print(_demo_hint(running.port), flush=True)
-        else:
-            print(f"openai-grpc gateway listening on {settings.host}:{running.port}", flush=True)
+        print(_banner(settings, running.port), flush=True)
 
     try:
-        await app.serve(settings, on_ready=ready)
+        # A worker's supervisor prints the one banner once every worker serves.
+        await app.serve(settings, on_ready=None if supervisor_fd else ready, supervisor_fd=supervisor_fd)
     finally:
         if fake is not None:
             await fake.stop()
-
-
-def _supervise(settings: config.Settings, argv: Sequence[str] | None) -> int:
-    """`--workers N`: N single-worker processes bound to the same port (SO_REUSEPORT).
-
-    Each is a full gateway with its own event loop; the kernel spreads connections across them.
-    SIGTERM and SIGINT are passed on, and the exit code is the worst of the workers'.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    env = {**os.environ, "OPENAI_GRPC_WORKERS": "1"}
-    cmd = [sys.executable, "-m", "openai_grpc_server", *_without_workers(args)]
-    children = [subprocess.Popen(cmd, env=env) for _ in range(settings.workers)]
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # each worker reloads its tenants and key file
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
 
 
 def _without_workers(args: list[str]) -> list[str]:
@@ -90,30 +69,47 @@ def _without_workers(args: list[str]) -> list[str]:
     return out
 
 
+def _fail(message: object) -> int:
+    # Redacted again: a secret that reached a message by an unforeseen path stays hidden.
+    print(f"openai-grpc-server: {redact(str(message))}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load(argv)
     except config.ConfigError as exc:
-        # Redacted again: a secret that reached a message by an unforeseen path stays hidden.
-        print(f"openai-grpc-server: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    if settings.workers > 1:
-        return _supervise(settings, argv)
+        return _fail(exc)
+    fd = os.environ.pop(processes.SUPERVISOR_FD_ENV, None)
+    supervisor_fd = int(fd) if fd else None
     telemetry.setup_logging(settings.log_level)
     config.log_ignored_env(settings)
-    telemetry.setup_metrics(settings.metrics_port)
+    if supervisor_fd is None:  # a worker's port is its supervisor's claim
+        try:
+            claim = processes.claim_port(settings.host, settings.port)
+        except processes.PortInUse as exc:
+            return _fail(exc)
+        if settings.workers > 1:
+            args = _without_workers(list(sys.argv[1:] if argv is None else argv))
+            cmd = [sys.executable, "-m", "openai_grpc_server", *args, "--port", str(claim.port)]
+            return processes.supervise(
+                cmd, settings.workers, lambda: print(_banner(settings, claim.port), flush=True)
+            )
+    try:
+        telemetry.setup_metrics(settings.metrics_port)
+    except OSError as exc:
+        return _fail(f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}")
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:  # pragma: no cover - uvloop is optional on other platforms
         uvloop = None  # type: ignore[assignment]
     try:
         if uvloop is not None and settings.event_loop == "uvloop":
-            uvloop.run(_run(settings))
+            uvloop.run(_run(settings, supervisor_fd))
         else:
-            asyncio.run(_run(settings))
+            asyncio.run(_run(settings, supervisor_fd))
     except config.ConfigError as exc:  # the tenants or key file, read when the server starts
-        print(f"openai-grpc-server: {redact(str(exc))}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     except OSError as exc:
         print(f"openai-grpc-server: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from openai_grpc_server import jsonlib, reflection, routes
+from openai_grpc_server import jsonlib, processes, reflection, routes
 from openai_grpc_server.config import ConfigError, Settings
 from openai_grpc_server.errors import GatewayOverloaded
 from openai_grpc_server.gateway import Context, Gateway, deserializer
@@ -69,6 +69,13 @@ class Running:
     port: int
     gateway: Gateway
     health: health_aio.HealthServicer
+    services: list[str] = dataclasses.field(default_factory=list)
+
+    async def set_serving(self, serving: bool = True) -> None:
+        answer = health_pb2.HealthCheckResponse
+        status = answer.SERVING if serving else answer.NOT_SERVING
+        for svc in ("", *self.services):
+            await self.health.set(svc, status)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -117,8 +124,14 @@ def default_interceptors(settings: Settings) -> tuple[Any, ...]:
 
 
 async def start(
-    settings: Settings, *, interceptors: tuple[Any, ...] | None = None, telemetry: Telemetry | None = None
+    settings: Settings,
+    *,
+    interceptors: tuple[Any, ...] | None = None,
+    telemetry: Telemetry | None = None,
+    serving: bool = True,
 ) -> Running:
+    """Listen and serve. With `serving=False` health says NOT_SERVING until `set_serving()`
+    (a worker waits for its supervisor: see processes.py)."""
     telemetry = telemetry or Telemetry()
     jsonlib.use(settings.json_library)
     policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
@@ -162,16 +175,17 @@ async def start(
         reflection.add_to_server(server, reflected, extra_files=[health_pb2.DESCRIPTOR])
     address = f"{settings.host}:{settings.port}"
     creds = _credentials(settings)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind": __main__ shows OSError as one line
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    serving = health_pb2.HealthCheckResponse.SERVING
-    await health_servicer.set("", serving)
-    for svc in services:
-        await health_servicer.set(svc, serving)
+    running = Running(server, port, gw, health_servicer, services)
+    await running.set_serving(serving)
     log.info("gateway listening", extra={"address": f"{settings.host}:{port}", "rpcs": len(table)})
-    return Running(server, port, gw, health_servicer)
+    return running
 
 
 def reload(settings: Settings, gw: Gateway) -> None:
@@ -186,18 +200,24 @@ def reload(settings: Settings, gw: Gateway) -> None:
     log.info("reloaded tenants and keys", extra={"tenants": len(authenticator.tenants)})
 
 
-async def serve(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT: then NOT_SERVING, drain in-flight RPCs within the grace, exit."""
-    running = await start(settings)
-    if on_ready:
-        on_ready(running)
+async def serve(
+    settings: Settings, on_ready: Callable[[Running], None] | None = None, supervisor_fd: int | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT: then NOT_SERVING, drain in-flight RPCs within the grace, exit.
+
+    A worker (`supervisor_fd`) serves when its supervisor says so and stops when it is gone."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    running = await start(settings, serving=supervisor_fd is None)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, reload, settings, running.gateway)
+    if supervisor_fd is not None:
+        processes.follow_supervisor(supervisor_fd, running.set_serving, stop)
+    if on_ready:
+        on_ready(running)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
     await running.stop(settings.grace_seconds)

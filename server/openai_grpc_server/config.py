@@ -13,13 +13,16 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
 
+from openai_grpc_server import __version__
 from openai_grpc_server.auth import Authenticator, Credential, Secret, tenants_from_mapping
 from openai_grpc_server.errors import register_secrets
 from openai_grpc_server.resilience import BreakerConfig, RateLimitConfig, RetryConfig
@@ -79,6 +82,8 @@ class Settings:
     embeddings_base64: bool = True
     coalesce_events: bool = True
     log_level: str = "INFO"
+    # Proxies (HTTP(S)_PROXY, NO_PROXY) and CAs (SSL_CERT_FILE/_DIR) from the environment, as the SDK.
+    trust_env: bool = True
     retry: RetryConfig = dataclasses.field(default_factory=RetryConfig)
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
     breaker: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
@@ -99,6 +104,7 @@ class Settings:
             max_keepalive=self.max_connections,
             transport=self.upstream_transport,
             max_response_bytes=self.max_response_bytes,
+            trust_env=self.trust_env,
         )
 
     def authenticator(self) -> Authenticator:
@@ -151,6 +157,7 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("embeddings_base64", "OPENAI_GRPC_EMBEDDINGS_BASE64", bool),
     ("coalesce_events", "OPENAI_GRPC_COALESCE_EVENTS", bool),
     ("log_level", "OPENAI_GRPC_LOG_LEVEL", str),
+    ("trust_env", "OPENAI_GRPC_TRUST_ENV", bool),
 )
 # Resilience sections: env OPENAI_GRPC_<SECTION>_<KEY>, file `<section>: {key: value}`.
 _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
@@ -283,8 +290,34 @@ def _convert(name: str, kind: type, raw: Any) -> Any:
         raise ConfigError(f"setting {name!r} is not a valid {kind.__name__}") from exc
 
 
+def _version() -> str:
+    try:
+        return metadata.version("openai-grpc")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return __version__
+
+
+def _settings_help() -> str:
+    width = max(len(n) for n, _, _ in _SCALARS) + 2
+    rows = [f"  {n:<{width}}{var}" for n, var, _ in _SCALARS]
+    rows.append(f"  {'api_key':<{width}}OPENAI_API_KEY (or api_key_file / --api-key-file)")
+    rows += [f"  {f'{n}.<key>':<{width}}OPENAI_GRPC_{n.upper()}_<KEY>" for n, _ in _SECTIONS]
+    return (
+        "settings (config-file key, then environment variable; flags above win over both, the\n"
+        "environment over the file); README.md 'Configuration' gives each one's meaning and default:\n"
+        + "\n".join(rows)
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="openai-grpc-server", description="gRPC gateway for the OpenAI API", allow_abbrev=False)
+    p = _Parser(
+        prog="openai-grpc-server",
+        description="gRPC gateway for the OpenAI API",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port to listen on (default 50051)")
     p.add_argument("--demo", action="store_true", help="serve from the embedded fake upstream; no key needed")
@@ -402,6 +435,18 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(
             "with several workers, scrape each pod's metrics through OTLP, not one metrics_port"
         )
+    if s.auth_mode == "tokens":
+        s.authenticator()  # a bad tenants file is a bad setting too
+    if s.tls_cert and s.tls_key:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:  # what gRPC would only report as "failed to bind"; an encrypted key never prompts
+            ctx.load_cert_chain(s.tls_cert, s.tls_key, password="")
+            if s.tls_client_ca:
+                ctx.load_verify_locations(s.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"tls_cert, tls_key or tls_client_ca cannot be loaded: {exc}") from exc
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
     if s.grace_seconds < 0:
         raise ConfigError("grace_seconds must not be negative")
     if s.max_connection_age_seconds < 0 or s.connection_age_grace() < 0:

@@ -63,6 +63,7 @@ def check_upload_metadata(route: Route, meta: Message) -> None:
     """The first message of an upload: its path parameters and `extra` (fields `metadata.*`)."""
     _raise(_path_and_extra(meta, route.path_params, "metadata."))
 
+
 _CHAT_REQUESTS = frozenset({"CreateChatCompletionRequest", "StreamChatCompletionRequest"})
 
 

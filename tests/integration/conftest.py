@@ -42,6 +42,9 @@ def settings_for(base_url: str, **overrides: Any) -> Settings:
         breaker=BreakerConfig(failure_threshold=10_000),
         # The suite runs against either upstream transport (scripts/test.sh runs both).
         upstream_transport=os.environ.get("OPENAI_GRPC_TEST_TRANSPORT", "aiohttp"),
+        # The runner's own proxies must not stand between the gateway and its loopback upstream
+        # (test_upstream_env.py covers trust_env with a gateway process of its own).
+        trust_env=False,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -315,6 +315,7 @@ async def gateway_process(
         "OPENAI_GRPC_PORT": str(port),
         "OPENAI_GRPC_GRACE_SECONDS": "1",
         "OPENAI_GRPC_LOG_LEVEL": "WARNING",
+        "OPENAI_GRPC_TRUST_ENV": "false",  # the runner's proxies must not sit before the loopback fake
     }
     with _open_log(log) as out:
         process = await asyncio.create_subprocess_exec(

@@ -7,6 +7,7 @@ response: those become taxonomy errors here, so callers only handle success.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from collections.abc import AsyncIterable, Mapping
 from typing import Any, NoReturn
 
@@ -50,6 +51,9 @@ class UpstreamSettings:
     transport: str = "aiohttp"
     # A unary answer larger than this fails before it is held whole (UPSTREAM_BAD_RESPONSE).
     max_response_bytes: int = 64 * 1024 * 1024
+    # As the OpenAI SDK (httpx's trust_env): HTTPS_PROXY/HTTP_PROXY/ALL_PROXY/NO_PROXY (either
+    # case) pick a proxy per URL, SSL_CERT_FILE/SSL_CERT_DIR replace the bundled CAs.
+    trust_env: bool = True
 
 
 @dataclasses.dataclass
@@ -59,18 +63,41 @@ class JsonResponse:
     body: Any
 
 
-def _aiohttp_transport(settings: UpstreamSettings) -> httpx.AsyncBaseTransport:
+def _aiohttp_transport(
+    settings: UpstreamSettings, ssl_context: ssl.SSLContext, proxy: httpx.Proxy | None = None
+) -> httpx.AsyncBaseTransport:
     import aiohttp  # noqa: PLC0415
     from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=settings.max_connections, keepalive_timeout=settings.keepalive_expiry, ttl_dns_cache=300
+            limit=settings.max_connections,
+            keepalive_timeout=settings.keepalive_expiry,
+            ttl_dns_cache=300,
+            ssl=ssl_context,
         )
+        # No trust_env here: httpx has already chosen this transport's proxy for the URL.
         return aiohttp.ClientSession(connector=connector, auto_decompress=True)
 
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(client=session)
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(client=session, proxy=proxy, verify=ssl_context)
     return transport
+
+
+class _AiohttpClient(httpx.AsyncClient):
+    """httpx over aiohttp's pool, with httpx's own choice of proxy per URL (its `mounts` from the
+    environment), as the OpenAI SDK's aiohttp client does: both transports route alike."""
+
+    def __init__(self, settings: UpstreamSettings, **kwargs: Any) -> None:
+        self._upstream = settings
+        super().__init__(**kwargs)
+
+    def _init_transport(self, verify: Any = True, *_: Any, **__: Any) -> httpx.AsyncBaseTransport:
+        return _aiohttp_transport(self._upstream, verify)
+
+    def _init_proxy_transport(
+        self, proxy: httpx.Proxy, verify: Any = True, *_: Any, **__: Any
+    ) -> httpx.AsyncBaseTransport:
+        return _aiohttp_transport(self._upstream, verify, proxy)
 
 
 def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -85,24 +112,28 @@ def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
 class UpstreamClient:
     def __init__(self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
-        if transport is None and settings.transport == "aiohttp":
-            transport = _aiohttp_transport(settings)
         base = settings.base_url.rstrip("/")
         self._base = base
-        self._client = httpx.AsyncClient(
-            base_url=base,
+        options: dict[str, Any] = {
+            "base_url": base,
             # Every open stream holds a connection: size the pool for the streams we accept.
-            limits=httpx.Limits(
+            "limits": httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_keepalive,
                 keepalive_expiry=settings.keepalive_expiry,
             ),
-            timeout=self._timeout(None),
-            headers={"user-agent": USER_AGENT},
-            follow_redirects=False,
-            trust_env=False,
-            transport=transport,
-        )
+            "timeout": self._timeout(None),
+            "headers": {"user-agent": USER_AGENT},
+            "follow_redirects": False,
+            # One CA set for either transport, chosen as httpx (and so the SDK) does.
+            "verify": httpx.create_ssl_context(trust_env=settings.trust_env),
+            "trust_env": settings.trust_env,
+        }
+        self._client: httpx.AsyncClient
+        if transport is None and settings.transport == "aiohttp":
+            self._client = _AiohttpClient(settings, **options)
+        else:
+            self._client = httpx.AsyncClient(transport=transport, **options)
 
     def _timeout(self, remaining: float | None) -> httpx.Timeout:
         s = self.settings
