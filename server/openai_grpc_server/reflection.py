@@ -27,10 +27,26 @@ Response = pb.ServerReflectionResponse
 
 
 def contract_files() -> list[descriptor_pb2.FileDescriptorProto]:
-    """The contract and every file it imports, with comments, as the stubs package ships them."""
+    """The contract and every file it imports, with comments, as the stubs package ships them.
+
+    The contract's JSON names are OpenAI's own (snake_case): its fields say so in `json_name`,
+    so grpcurl prints `chat_completion`, as the README and OpenAI's JSON do, not protoc's
+    default `chatCompletion` (grpcurl reads both spellings in requests either way)."""
     package, name = CONTRACT_RESOURCE
     data = resources.files(package).joinpath(name).read_bytes()
-    return list(descriptor_pb2.FileDescriptorSet.FromString(data).file)
+    files = list(descriptor_pb2.FileDescriptorSet.FromString(data).file)
+    for file in files:
+        if file.package == package:
+            for message in file.message_type:
+                _snake_json_names(message)
+    return files
+
+
+def _snake_json_names(message: descriptor_pb2.DescriptorProto) -> None:
+    for field in message.field:
+        field.json_name = field.name
+    for nested in message.nested_type:
+        _snake_json_names(nested)
 
 
 def _v1_reflection_file() -> descriptor_pb2.FileDescriptorProto:

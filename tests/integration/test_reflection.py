@@ -48,6 +48,10 @@ async def test_reflection_serves_the_protos_with_their_comments(gateway: Gateway
     assert {"openai_grpc/v1/common.proto", "google/api/annotations.proto"} <= set(files)
     comments = [loc.leading_comments for loc in chat.source_code_info.location if loc.leading_comments]
     assert len(comments) > 100
+    # JSON names are OpenAI's (grpcurl prints `chat_completion`, not `chatCompletion`), nested
+    # messages included.
+    fields = [f for m in chat.message_type for f in [*m.field, *(g for n in m.nested_type for g in n.field)]]
+    assert fields and all(f.json_name == f.name for f in fields)
     assert "openai_grpc/v1/models.proto" in _files(by_method)
     assert set(_files(again)) == {"openai_grpc/v1/chat.proto"}
     assert missing.error_response.error_code == 5  # NOT_FOUND
