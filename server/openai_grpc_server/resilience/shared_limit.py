@@ -1,0 +1,475 @@
+"""Rate limits shared by every process and pod: the token buckets of `rate_limit.py` on Redis.
+
+Same semantics as the in-process limiter, cluster-wide: per credential (tenant) buckets for
+requests and tokens per minute and per day with continuous refill, an estimate reserved before
+the call and settled with real usage after it, corrections from upstream `x-ratelimit-*`
+headers, and a wait bounded by the caller's deadline and `max_queue_size`.
+
+Each reserve and each settle is one Lua script run with EVALSHA (one round trip). The script
+reads Redis's own clock (`TIME`), so the gateways' clocks never matter. A reservation that does
+not fit at once is booked ahead: the script takes it (the level goes negative) and answers how
+long until it is covered; the caller sleeps that long and goes. Bookings are served in the
+order they reach Redis, so the wait line is FIFO across the whole cluster and costs no polling.
+A booking is made only when the wait ends before the caller's deadline, and only while fewer
+than `max_queue_size` calls of this process wait for that credential; a caller that goes away
+while waiting gives its booking back. Header corrections ride along with the next script call
+of that credential instead of costing their own round trip.
+
+Keys are `openai-grpc:rl:{<tenant>}` (a hash of the name when the name is not plain), one hash
+per tenant; nothing secret is ever written.
+
+When Redis is slow (each call is bounded by `redis_timeout` and the caller's deadline) or down,
+the limiter leaves shared mode: `redis_failure: local` falls back to in-process buckets holding
+`limit / replicas_hint`, `closed` rejects calls with UNAVAILABLE / RATE_LIMITER_UNAVAILABLE.
+One WARNING per transition; a background probe with backoff (never the calls themselves) finds
+Redis back and shared mode resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from openai_grpc_server import errors
+
+from .clock import Clock, MonotonicClock, call_hook, fire_hook, notify
+from .rate_limit import (
+    _TOKEN_KINDS,
+    _WINDOW_SECONDS,
+    RateLimitConfig,
+    RateLimitDecision,
+    RateLimiter,
+    RateLimitHeaders,
+    RateLimitHook,
+    RateLimitType,
+    Reservation,
+    decide,
+    too_large,
+    too_many,
+)
+
+if TYPE_CHECKING:
+    from .policy import Operation
+
+__all__ = ["SharedRateLimiter", "redis_key"]
+
+log = logging.getLogger("openai_grpc_server.resilience")
+
+KEY_PREFIX = "openai-grpc:rl:"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NO_DEADLINE = 1e12  # "wait as long as it takes" for the script
+_PROBE_FIRST, _PROBE_MAX = 0.1, 5.0  # health probe backoff while Redis is away (seconds)
+
+# ARGV: mode, max_wait, n, then n bucket groups (kind, configured limit or 0, window seconds,
+# amount: the cost to reserve or the amount to give back), then header corrections in groups
+# of 5 (kind, configured, limit, remaining, reset; "" = not sent).
+_SCRIPT = """
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local touched = false
+
+local function load(kind, configured, window)
+  local v = redis.call('HMGET', key, kind, kind .. ':t', kind .. ':u')
+  local cap = nil
+  if configured > 0 then cap = configured end
+  local learned = tonumber(v[3])
+  if learned and learned > 0 and window == 60 then
+    if cap then cap = math.min(cap, learned) else cap = learned end
+  end
+  if not cap then return nil end
+  local rate = cap / window
+  local level, ts = tonumber(v[1]), tonumber(v[2])
+  if not level then
+    level = cap
+  elseif ts and now > ts then
+    level = level + (now - ts) * rate
+  end
+  return math.min(level, cap), cap, rate
+end
+
+local function save(kind, level)
+  redis.call('HSET', key, kind, string.format('%.6f', level), kind .. ':t', string.format('%.6f', now))
+  touched = true
+end
+
+local function finish(reply)
+  if touched then redis.call('EXPIRE', key, 172800) end
+  return reply
+end
+
+local n = tonumber(ARGV[3])
+-- Upstream corrections: a bucket is never fuller than the upstream says is left.
+local function correct()
+  for j = 4 + 4 * n, #ARGV, 5 do
+    local kind, limit = ARGV[j], tonumber(ARGV[j + 2])
+    local remaining, reset = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
+    if limit and limit > 0 then
+      redis.call('HSET', key, kind .. ':u', limit)
+      touched = true
+    end
+    local level, cap, rate = load(kind, tonumber(ARGV[j + 1]), 60)
+    if level then
+      if remaining then
+        level = math.min(level, remaining)
+        if remaining == 0 and reset and reset > 0 then level = math.min(level, -reset * rate) end
+      end
+      save(kind, level)
+    end
+  end
+end
+
+if ARGV[1] == 'settle' then
+  -- Give back first, then correct: the upstream's count already holds this call's real usage.
+  for j = 4, 3 + 4 * n, 4 do
+    local kind = ARGV[j]
+    local level, cap = load(kind, tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
+    if level then save(kind, math.min(cap, level + tonumber(ARGV[j + 3]))) end
+  end
+  correct()
+  return finish({'ok'})
+end
+
+correct()
+local max_wait = tonumber(ARGV[2])
+local wait, binding, bcap, take = 0, '', 0, {}
+for j = 4, 3 + 4 * n, 4 do
+  local kind, amount = ARGV[j], tonumber(ARGV[j + 3])
+  local level, cap, rate = load(kind, tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
+  if level then
+    if amount > cap then return finish({'too_large', kind, tostring(cap), tostring(cap)}) end
+    local missing = amount - level
+    if missing > 1e-9 and missing / rate > wait then wait, binding, bcap = missing / rate, kind, cap end
+    take[#take + 1] = {kind, level - amount}
+  end
+end
+if wait > 0 and wait >= max_wait then
+  return finish({'wait', binding, string.format('%.6f', wait), tostring(bcap)})
+end
+local reply = {'ok', binding, string.format('%.6f', wait), tostring(bcap)}
+for _, k in ipairs(take) do
+  save(k[1], k[2])
+  reply[#reply + 1] = k[1]
+end
+return finish(reply)
+"""
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+
+
+def redis_key(credential: str) -> str:
+    """The hash holding one tenant's buckets: its name when plain, else a hash of it."""
+    name = (
+        credential
+        if _PLAIN_NAME.fullmatch(credential)
+        else "h-" + hashlib.sha256(credential.encode()).hexdigest()[:32]
+    )
+    return f"{KEY_PREFIX}{{{name}}}"  # {…}: a Redis Cluster hash tag, one slot per tenant
+
+
+class StoreDown(Exception):
+    """Redis did not answer in time or at all (the limiter falls back)."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _TenantBuckets:
+    """One credential's buckets on Redis: builds script arguments, refunds in the background."""
+
+    def __init__(self, owner: SharedRateLimiter, credential: str, config: RateLimitConfig) -> None:
+        self.owner = owner
+        self.credential = credential
+        self.key = redis_key(credential)
+        self.config = config
+        self.waiting = 0  # calls of this process sleeping on a booking
+        # Per-minute kinds always travel (a bucket learned from headers applies even when the
+        # config leaves it unlimited); per-day kinds only when configured.
+        self.kinds = [
+            kind
+            for kind in _WINDOW_SECONDS
+            if config.limit(kind) is not None or (_WINDOW_SECONDS[kind] == 60.0 and config.auto_adjust)
+        ]
+
+    def groups(self, amounts: Mapping[RateLimitType, float]) -> list[str | float]:
+        args: list[str | float] = [len(amounts)]
+        for kind, amount in amounts.items():
+            args += [kind.value, self.config.limit(kind) or 0, _WINDOW_SECONDS[kind], amount]
+        return args
+
+    def costs(self, token_estimate: int) -> dict[RateLimitType, float]:
+        return {k: float(max(0, token_estimate)) if k in _TOKEN_KINDS else 1.0 for k in self.kinds}
+
+    def give_back(self, amounts: Mapping[RateLimitType, float], now: float) -> None:
+        """Reservation refund or settle delta: one script call, off the request path."""
+        if any(amounts.values()) or self.credential in self.owner.pending:
+            self.owner.background(self.owner.settle(self, amounts))
+
+
+class SharedRateLimiter:
+    """`RateLimiter`'s interface over Redis, with an in-process fallback."""
+
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        *,
+        clock: Clock | None = None,
+        hook: RateLimitHook | None = None,
+        on_limited: Callable[[Operation, str], None] | None = None,
+        on_decision: Callable[[Operation, str, str], None] | None = None,
+        on_round_trip: Callable[[float], None] | None = None,
+        on_store_state: Callable[[str], None] | None = None,
+        tenants: Mapping[str, RateLimitConfig] | None = None,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        assert config.redis_url or client is not None
+        self.config = config
+        self._clock = clock or MonotonicClock()
+        self._hook = hook
+        self._on_limited = on_limited
+        self._on_decision = on_decision
+        self._on_round_trip = on_round_trip
+        self._on_store_state = on_store_state
+        self._tenants = dict(tenants or {})
+        self._buckets: dict[str, _TenantBuckets] = {}
+        self.pending: dict[str, RateLimitHeaders] = {}  # header corrections for the next call
+        self.redis = client or aioredis.Redis.from_url(
+            config.redis_url or "",
+            socket_timeout=config.redis_timeout,
+            socket_connect_timeout=config.redis_timeout,
+            # One immediate retry on a broken pooled connection (Redis restarted); the call's
+            # own timeout still bounds it. redis-py's default would back off for seconds.
+            retry=Retry(NoBackoff(), 1),
+        )
+        # The fallback: each process holds its share of the limits while Redis is away.
+        self.local = RateLimiter(
+            config.divided(config.replicas_hint),
+            clock=self._clock,
+            hook=hook,
+            on_limited=on_limited,
+            on_decision=on_decision,
+            tenants={n: c.divided(config.replicas_hint) for n, c in self._tenants.items()},
+        )
+        self.shared = True
+        self._probe: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry_at = 0.0  # when the probe tries Redis next (RetryInfo while `closed`)
+
+    # --- the request path ---------------------------------------------------------------------
+    async def acquire(self, op: Operation) -> Reservation:
+        if self.shared:
+            buckets = self._buckets_for(op.credential)
+            if not buckets.kinds:
+                return Reservation(None, {}, self._clock, op.token_estimate)
+            try:
+                return await self._acquire_shared(op, buckets)
+            except StoreDown:
+                pass  # marked down: this call takes the fallback below
+        if self.config.redis_failure == "closed":
+            err = errors.RateLimiterUnavailable(
+                "the shared rate limiter (Redis) is unreachable and rate_limit.redis_failure is "
+                "'closed': calls are refused until it is back",
+                retry_after=max(0.1, self._retry_at - time.monotonic()),
+            )
+            decide(self._on_decision, op, "rejected", "limiter_unavailable")
+            raise err
+        return await self.local.acquire(op)
+
+    async def _acquire_shared(self, op: Operation, buckets: _TenantBuckets) -> Reservation:
+        costs = buckets.costs(op.token_estimate)
+        queue_ok = self.config.queue_requests and buckets.waiting < self.config.max_queue_size
+        max_wait = _NO_DEADLINE if queue_ok else 0.0
+        if op.deadline is not None:
+            max_wait = min(max_wait, op.deadline - self._clock.now())
+        reply = await self._run(op, buckets, "reserve", max_wait, costs)
+        outcome, kind_name, wait_text, cap_text = (_text(v) for v in reply[:4])
+        kind = RateLimitType(kind_name) if kind_name else RateLimitType.REQUESTS_PER_MINUTE
+        if outcome == "too_large":
+            decide(self._on_decision, op, "rejected", kind.value)
+            raise too_large(kind, costs[kind], float(wait_text))
+        wait, capacity = float(wait_text), float(cap_text)
+        if outcome == "wait":
+            why = (
+                "the call's deadline ends before then"
+                if queue_ok
+                else (
+                    f"the wait queue is full ({buckets.waiting} waiting)"
+                    if self.config.queue_requests
+                    else "queueing is disabled"
+                )
+            )
+            self._limited(op, kind)
+            decide(self._on_decision, op, "rejected", kind.value)
+            raise too_many(kind, capacity, wait, why)
+        taken = {RateLimitType(_text(k)): costs[RateLimitType(_text(k))] for k in reply[4:]}
+        reservation = Reservation(buckets, taken, self._clock, op.token_estimate)
+        if wait <= 0:
+            decide(self._on_decision, op, "admitted", "")
+            return reservation
+        # Booked ahead: sleep until the booking is covered (it ends before the deadline).
+        self._limited(op, kind)
+        decide(self._on_decision, op, "queued", kind.value)
+        buckets.waiting += 1
+        try:
+            if self._hook is not None:
+                decision = await call_hook(
+                    self._hook.on_rate_limit, op, kind, wait, default=RateLimitDecision.default()
+                )
+                if decision.action == "reject":
+                    raise too_many(kind, capacity, wait, "the rate-limit hook rejected the request")
+            await self._clock.sleep(wait)
+        except BaseException as exc:
+            reservation.release()  # cancelled or rejected while waiting: the booking goes back
+            if isinstance(exc, errors.RateLimitError):
+                decide(self._on_decision, op, "rejected", kind.value)
+            raise
+        finally:
+            buckets.waiting -= 1
+        decide(self._on_decision, op, "admitted", "")
+        return reservation
+
+    def _limited(self, op: Operation, kind: RateLimitType) -> None:
+        if self._on_limited is not None:
+            notify(self._on_limited, op, kind.value)
+
+    def observe_headers(self, op: Operation, headers: Mapping[str, str]) -> RateLimitHeaders | None:
+        """Upstream `x-ratelimit-*` headers: sent with this credential's next script call."""
+        parsed = RateLimitHeaders.from_headers(headers)
+        if parsed is None:
+            return None
+        if self._hook is not None:
+            fire_hook(self._hook.on_rate_limit_update, op, parsed)
+        if self.config.auto_adjust:
+            self.pending[op.credential] = parsed
+            self.local.observe_headers(op, headers)  # the fallback learns too
+        return parsed
+
+    # --- Redis --------------------------------------------------------------------------------
+    def _buckets_for(self, credential: str) -> _TenantBuckets:
+        buckets = self._buckets.get(credential)
+        if buckets is None:
+            config = self._tenants.get(credential, self.config)
+            buckets = self._buckets[credential] = _TenantBuckets(self, credential, config)
+        return buckets
+
+    def _corrections(self, buckets: _TenantBuckets) -> list[str | float]:
+        parsed = self.pending.pop(buckets.credential, None)
+        if parsed is None:
+            return []
+        args: list[str | float] = []
+        rpm, tpm = RateLimitType.REQUESTS_PER_MINUTE, RateLimitType.TOKENS_PER_MINUTE
+        for kind, limit, remaining, reset in (
+            (rpm, parsed.limit_requests, parsed.remaining_requests, parsed.reset_requests),
+            (tpm, parsed.limit_tokens, parsed.remaining_tokens, parsed.reset_tokens),
+        ):
+            if limit is not None or remaining is not None:
+                args += [
+                    kind.value,
+                    buckets.config.limit(kind) or 0,
+                    "" if limit is None else limit,
+                    "" if remaining is None else remaining,
+                    "" if reset is None else reset,
+                ]
+        return args
+
+    async def _run(
+        self,
+        op: Operation | None,
+        buckets: _TenantBuckets,
+        mode: str,
+        max_wait: float,
+        amounts: Mapping[RateLimitType, float],
+    ) -> list[Any]:
+        """One script call, bounded by `redis_timeout` and the caller's deadline."""
+        args = [mode, max_wait, *buckets.groups(amounts), *self._corrections(buckets)]
+        limit = self.config.redis_timeout
+        if op is not None and op.deadline is not None:
+            left = op.deadline - self._clock.now()
+            if left <= 0:
+                raise errors.Timeout("the call's deadline passed before the shared rate limiter answered")
+            limit = min(limit, left)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(limit):
+                try:
+                    reply = await self.redis.evalsha(_SCRIPT_SHA, 1, buckets.key, *args)
+                except NoScriptError:  # first use, or Redis restarted and lost its scripts
+                    await self.redis.script_load(_SCRIPT)
+                    reply = await self.redis.evalsha(_SCRIPT_SHA, 1, buckets.key, *args)
+        except ResponseError:
+            log.exception("the shared rate limiter's script failed")
+            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            if limit < self.config.redis_timeout and isinstance(exc, TimeoutError):
+                # The caller's deadline cut the call short: not Redis's fault.
+                raise errors.Timeout(
+                    "the call's deadline passed while the shared rate limiter answered"
+                ) from exc
+            self._down(exc)
+            raise StoreDown from exc
+        if self._on_round_trip is not None:
+            notify(self._on_round_trip, time.perf_counter() - started)
+        return list(reply)
+
+    async def settle(self, buckets: _TenantBuckets, amounts: Mapping[RateLimitType, float]) -> None:
+        if not self.shared:
+            return  # Redis is away: this refund is lost (the bucket was charged the estimate)
+        with contextlib.suppress(StoreDown):  # marked down; the refund is lost with it
+            await self._run(None, buckets, "settle", 0.0, amounts)
+
+    def background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # keep a reference: the loop only holds weak ones
+        task.add_done_callback(self._tasks.discard)
+
+    # --- fallback and recovery ------------------------------------------------------------------
+    def _down(self, exc: BaseException) -> None:
+        if not self.shared:
+            return
+        self.shared = False
+        mode = self.config.redis_failure
+        log.warning(
+            "shared rate limiter unreachable: %s",
+            "using in-process limits" if mode == "local" else "refusing calls (redis_failure: closed)",
+            extra={"error": type(exc).__name__, "mode": mode, "replicas_hint": self.config.replicas_hint},
+        )
+        if self._on_store_state is not None:
+            notify(self._on_store_state, mode)
+        self._retry_at = time.monotonic() + _PROBE_FIRST
+        self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Probe Redis with backoff until it answers, then go back to the shared buckets."""
+        delay = _PROBE_FIRST
+        while True:
+            self._retry_at = time.monotonic() + delay
+            await self._clock.sleep(delay)
+            try:
+                async with asyncio.timeout(self.config.redis_timeout):
+                    await self.redis.ping()
+            except (RedisError, OSError, TimeoutError):
+                delay = min(delay * 2, _PROBE_MAX)
+                continue
+            self.shared = True
+            log.warning("shared rate limiter reachable again: limits are shared across replicas")
+            if self._on_store_state is not None:
+                notify(self._on_store_state, "shared")
+            return
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.config.redis_timeout * 2)
+        await self.redis.aclose()

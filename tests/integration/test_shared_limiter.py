@@ -1,0 +1,256 @@
+"""The shared limiter against a real Redis (Debian's redis-server on a free port): several
+limiter instances stand for several gateway processes sharing one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from openai_grpc_server import errors
+from openai_grpc_server.resilience import Operation, RateLimitConfig
+from openai_grpc_server.resilience.shared_limit import KEY_PREFIX, SharedRateLimiter, redis_key
+
+from tests.redis_server import RedisServer, available
+
+pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not installed (scripts/bootstrap.sh)")
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    if not redis_server.ping():
+        redis_server.start()
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.decisions: list[tuple[str, str]] = []
+        self.states: list[str] = []
+        self.round_trips = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "on_decision": lambda op, outcome, kind: self.decisions.append((outcome, kind)),
+            "on_store_state": self.states.append,
+            "on_round_trip": lambda s: setattr(self, "round_trips", self.round_trips + 1),
+        }
+
+
+def limiter(url: str, events: Events | None = None, tenants: dict[str, Any] | None = None, **config: Any):  # type: ignore[no-untyped-def]
+    cfg = RateLimitConfig.from_mapping({"redis_url": url, **config})
+    return SharedRateLimiter(
+        cfg,
+        tenants={k: cfg.for_tenant(v) for k, v in (tenants or {}).items()},
+        **(events.kwargs() if events else {}),
+    )
+
+
+def op(tokens: int = 0, credential: str = "team-a", deadline: float | None = None) -> Operation:
+    return Operation("POST /chat/completions", credential, token_estimate=tokens, deadline=deadline)
+
+
+async def levels(client: aioredis.Redis, credential: str) -> dict[str, float]:
+    raw = await client.hgetall(redis_key(credential))
+    return {k.decode(): float(v) for k, v in raw.items() if b":" not in k}
+
+
+async def settled(lim: SharedRateLimiter) -> None:
+    """Wait for the background settle calls (they are fire-and-forget on the request path)."""
+    while lim._tasks:
+        await asyncio.wait(set(lim._tasks))
+
+
+async def test_two_processes_share_the_request_bucket(redis_server: RedisServer, store: aioredis.Redis) -> None:
+    a, b = limiter(redis_server.url, requests_per_minute=3, queue_requests=False), limiter(
+        redis_server.url, requests_per_minute=3, queue_requests=False
+    )
+    await a.acquire(op())
+    await b.acquire(op())
+    await a.acquire(op())
+    with pytest.raises(errors.TooManyRequests) as info:
+        await b.acquire(op())
+    assert info.value.metadata == {"limit_type": "requests_per_minute", "limit": "3"}
+    assert 19 < (info.value.retry_after or 0) <= 20  # one request refills every 20 s
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_estimate_reserved_then_settled_with_usage(redis_server: RedisServer, store: aioredis.Redis) -> None:
+    lim = limiter(redis_server.url, tokens_per_minute=10_000)
+    reservation = await lim.acquire(op(tokens=4_000))
+    assert (await levels(store, "team-a"))["tokens_per_minute"] == pytest.approx(6_000, abs=5)
+    reservation.settle(1_000)
+    await settled(lim)
+    assert (await levels(store, "team-a"))["tokens_per_minute"] == pytest.approx(9_000, abs=5)
+    released = await lim.acquire(op(tokens=2_000))
+    released.release()  # cancelled before the upstream saw it: everything comes back
+    await settled(lim)
+    assert (await levels(store, "team-a"))["tokens_per_minute"] == pytest.approx(9_000, abs=5)
+    await lim.aclose()
+
+
+async def test_waiters_are_booked_in_order_and_bounded_by_the_deadline(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
+    # 600/min = one every 0.1 s: after the burst of 600, bookings are spaced 0.1 s apart.
+    events = Events()
+    lim = limiter(redis_server.url, events, requests_per_minute=600)
+    await store.hset(redis_key("team-a"), mapping={"requests_per_minute": "0"})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    done: list[float] = []
+
+    async def one() -> None:
+        await lim.acquire(op())
+        done.append(loop.time() - started)
+
+    await asyncio.gather(*(one() for _ in range(5)))
+    assert [round(x, 1) for x in sorted(done)] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5], abs=0.06)
+    assert events.decisions.count(("queued", "requests_per_minute")) == 5
+    # A wait that would outlive the caller's deadline is refused now, and books nothing.
+    before = (await levels(store, "team-a"))["requests_per_minute"]
+    with pytest.raises(errors.TooManyRequests, match="deadline"):
+        await lim.acquire(op(deadline=lim._clock.now() + 0.05))
+    assert (await levels(store, "team-a"))["requests_per_minute"] >= before
+    await lim.aclose()
+
+
+async def test_cancelled_waiter_gives_its_booking_back(redis_server: RedisServer, store: aioredis.Redis) -> None:
+    lim = limiter(redis_server.url, requests_per_minute=60)  # one a second
+    await store.hset(redis_key("team-a"), mapping={"requests_per_minute": "0"})
+    task = asyncio.ensure_future(lim.acquire(op()))
+    await asyncio.sleep(0.1)
+    assert (await levels(store, "team-a"))["requests_per_minute"] < -0.8  # booked ahead
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settled(lim)
+    assert (await levels(store, "team-a"))["requests_per_minute"] == pytest.approx(0.1, abs=0.1)
+    await lim.aclose()
+
+
+async def test_too_large_and_queue_bound(redis_server: RedisServer, store: aioredis.Redis) -> None:
+    lim = limiter(redis_server.url, tokens_per_minute=1_000, max_queue_size=1)
+    with pytest.raises(errors.TokenLimitExceeded):
+        await lim.acquire(op(tokens=1_001))
+    await lim.acquire(op(tokens=1_000))
+    waiting = asyncio.ensure_future(lim.acquire(op(tokens=100)))  # books ~6 s ahead
+    await asyncio.sleep(0.05)
+    with pytest.raises(errors.TooManyRequests, match="queue is full"):
+        await lim.acquire(op(tokens=100))
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await lim.aclose()
+
+
+async def test_upstream_headers_correct_the_shared_bucket(redis_server: RedisServer, store: aioredis.Redis) -> None:
+    a = limiter(redis_server.url, requests_per_minute=1_000, queue_requests=False)
+    b = limiter(redis_server.url, requests_per_minute=1_000, queue_requests=False)
+    first = await a.acquire(op())
+    a.observe_headers(op(), {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"})
+    first.settle(10)
+    await settled(a)
+    # Another process sees the upstream's word: nothing left until the reset.
+    with pytest.raises(errors.TooManyRequests) as info:
+        await b.acquire(op())
+    assert (info.value.retry_after or 0) > 29
+    # A learned limit below the configured one shrinks the bucket for everyone.
+    c = limiter(redis_server.url, tokens_per_minute=None)
+    got = await c.acquire(op(credential="team-b"))
+    c.observe_headers(op(credential="team-b"), {"x-ratelimit-limit-tokens": "500"})
+    got.settle(0)
+    await settled(c)
+    with pytest.raises(errors.TokenLimitExceeded):
+        await c.acquire(op(tokens=501, credential="team-b"))
+    for lim in (a, b, c):
+        await lim.aclose()
+
+
+async def test_tenants_never_share_a_bucket(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
+    lim = limiter(
+        redis_server.url,
+        requests_per_minute=100,
+        queue_requests=False,
+        tenants={"team-a": {"requests_per_minute": 2}, "team b/ünïcode": {"tokens_per_minute": 50}},
+    )
+    await lim.acquire(op())
+    await lim.acquire(op())
+    with pytest.raises(errors.TooManyRequests):
+        await lim.acquire(op())  # team-a's own 2/min
+    for _ in range(3):
+        await lim.acquire(op(tokens=10, credential="team b/ünïcode"))  # its own bucket, 100/min
+    keys = sorted([k async for k in store.scan_iter(match="*")])
+    assert keys == sorted([redis_key("team-a").encode(), redis_key("team b/ünïcode").encode()])
+    assert all(k.startswith(KEY_PREFIX.encode()) for k in keys)
+    assert b"team b" not in keys[0] + keys[1]  # an unusual name is hashed
+    fields = {k.decode(): await store.hgetall(k) for k in keys}
+    assert set(fields[redis_key("team-a")]) == {b"requests_per_minute", b"requests_per_minute:t"}
+    assert set(fields[redis_key("team b/ünïcode")]) == {
+        b"requests_per_minute",
+        b"requests_per_minute:t",
+        b"tokens_per_minute",
+        b"tokens_per_minute:t",
+    }
+    assert (await levels(store, "team b/ünïcode"))["tokens_per_minute"] == pytest.approx(20, abs=1)
+    await lim.aclose()
+
+
+async def test_redis_down_local_fallback_then_back_to_shared(redis_server: RedisServer, store: aioredis.Redis) -> None:
+    events = Events()
+    lim = limiter(redis_server.url, events, requests_per_minute=4, replicas_hint=2, queue_requests=False)
+    await lim.acquire(op())
+    redis_server.stop()
+    # Redis gone: in-process buckets holding 4 / 2 = 2, and no call fails because of Redis.
+    await lim.acquire(op())
+    await lim.acquire(op())
+    with pytest.raises(errors.TooManyRequests):
+        await lim.acquire(op())
+    assert not lim.shared
+    assert events.states == ["local"]
+    redis_server.start()
+    for _ in range(100):
+        if lim.shared:
+            break
+        await asyncio.sleep(0.05)
+    assert lim.shared and events.states == ["local", "shared"]
+    await store.connection_pool.disconnect()  # the test's own client: connections from before the restart
+    await lim.acquire(op())  # shared again (a fresh Redis: a full bucket)
+    assert (await levels(store, "team-a"))["requests_per_minute"] == pytest.approx(3, abs=0.1)
+    await lim.aclose()
+
+
+async def test_redis_down_closed_rejects_unavailable_then_recovers(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
+    lim = limiter(redis_server.url, requests_per_minute=100, redis_failure="closed")
+    await lim.acquire(op())
+    redis_server.stop()
+    for _ in range(2):
+        with pytest.raises(errors.RateLimiterUnavailable) as info:
+            await lim.acquire(op())
+        assert info.value.reason == "RATE_LIMITER_UNAVAILABLE"
+        assert info.value.retry_after is not None
+    redis_server.start()
+    for _ in range(100):
+        if lim.shared:
+            break
+        await asyncio.sleep(0.05)
+    await lim.acquire(op())
+    await lim.aclose()
