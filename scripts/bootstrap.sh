@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js and the Go protoc plugins. Safe to run repeatedly.
+# missing, the Debian packages for Node.js, the Go protoc plugins and redis-server. Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v protoc-gen-go >/dev/null || need_apt+=(protoc-gen-go)
 command -v protoc-gen-go-grpc >/dev/null || need_apt+=(protoc-gen-go-grpc)
+# Real Redis for the shared rate-limit tests and benchmark (started by the tests themselves).
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2

@@ -59,6 +59,11 @@ class RedisServer:
             time.sleep(0.02)
         raise RuntimeError("redis-server did not answer PING within 10 s")
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:

@@ -108,6 +108,7 @@ async def start(
             t.name: settings.rate_limit.for_tenant(t.limits) for t in authenticator.tenants if t.limits
         },
     )
+    await policy.start()
     upstream = UpstreamClient(settings.upstream())
     gw = Gateway(
         upstream,

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from openai_grpc_server import errors
 from openai_grpc_server.resilience import Operation, RateLimitConfig
-from openai_grpc_server.resilience.shared_limit import KEY_PREFIX, SharedRateLimiter, redis_key
+from openai_grpc_server.resilience.shared_limit import _KIND, KEY_PREFIX, SharedRateLimiter, redis_key
 
 from tests.redis_server import RedisServer, available
 
@@ -65,7 +65,7 @@ def op(tokens: int = 0, credential: str = "team-a", deadline: float | None = Non
 
 async def levels(client: aioredis.Redis, credential: str) -> dict[str, float]:
     raw = await client.hgetall(redis_key(credential))
-    return {k.decode(): float(v) for k, v in raw.items() if b":" not in k}
+    return {_KIND[k].value: float(v) for k, v in raw.items() if b":" not in k}
 
 
 async def settled(lim: SharedRateLimiter) -> None:
@@ -109,7 +109,7 @@ async def test_waiters_are_booked_in_order_and_bounded_by_the_deadline(
     # 600/min = one every 0.1 s: after the burst of 600, bookings are spaced 0.1 s apart.
     events = Events()
     lim = limiter(redis_server.url, events, requests_per_minute=600)
-    await store.hset(redis_key("team-a"), mapping={"requests_per_minute": "0"})
+    await store.hset(redis_key("team-a"), mapping={"rpm": "0"})
     loop = asyncio.get_running_loop()
     started = loop.time()
     done: list[float] = []
@@ -131,7 +131,7 @@ async def test_waiters_are_booked_in_order_and_bounded_by_the_deadline(
 
 async def test_cancelled_waiter_gives_its_booking_back(redis_server: RedisServer, store: aioredis.Redis) -> None:
     lim = limiter(redis_server.url, requests_per_minute=60)  # one a second
-    await store.hset(redis_key("team-a"), mapping={"requests_per_minute": "0"})
+    await store.hset(redis_key("team-a"), mapping={"rpm": "0"})
     task = asyncio.ensure_future(lim.acquire(op()))
     await asyncio.sleep(0.1)
     assert (await levels(store, "team-a"))["requests_per_minute"] < -0.8  # booked ahead
@@ -201,13 +201,8 @@ async def test_tenants_never_share_a_bucket(
     assert all(k.startswith(KEY_PREFIX.encode()) for k in keys)
     assert b"team b" not in keys[0] + keys[1]  # an unusual name is hashed
     fields = {k.decode(): await store.hgetall(k) for k in keys}
-    assert set(fields[redis_key("team-a")]) == {b"requests_per_minute", b"requests_per_minute:t"}
-    assert set(fields[redis_key("team b/ünïcode")]) == {
-        b"requests_per_minute",
-        b"requests_per_minute:t",
-        b"tokens_per_minute",
-        b"tokens_per_minute:t",
-    }
+    assert set(fields[redis_key("team-a")]) == {b"rpm", b"rpm:t"}
+    assert set(fields[redis_key("team b/ünïcode")]) == {b"rpm", b"rpm:t", b"tpm", b"tpm:t"}
     assert (await levels(store, "team b/ünïcode"))["tokens_per_minute"] == pytest.approx(20, abs=1)
     await lim.aclose()
 

@@ -257,6 +257,10 @@ class ResiliencePolicy:
         """Report a failure found after `execute` returned (a stream cut mid-way)."""
         self.breakers.get(op.endpoint).record(error)
 
+    async def start(self) -> None:
+        """Prepare what needs the event loop (the shared limiter's Redis connection)."""
+        await self.limiter.start()
+
     async def aclose(self) -> None:
         """Stop background timers (breaker recovery, Redis probe); call on server shutdown."""
         await self.breakers.aclose()

@@ -94,7 +94,7 @@ class RateLimitConfig:
     # shares them. The URL may hold a password: kept out of repr and logs.
     redis_url: str | None = dataclasses.field(default=None, repr=False)
     redis_failure: Literal["local", "closed"] = "local"
-    redis_timeout: float = 0.1  # per Redis call; the caller's deadline can shorten it
+    redis_timeout: float = 0.25  # per Redis call (event-loop lag included); a deadline can shorten it
     replicas_hint: int = 1  # processes sharing the limits: the `local` fallback gets limit / this
 
     def __post_init__(self) -> None:
@@ -634,6 +634,9 @@ class RateLimiter:
     ) -> errors.TooManyRequests:
         bucket = limiter.buckets.get(kind)
         return too_many(kind, bucket.capacity if bucket is not None else None, wait, why)
+
+    async def start(self) -> None:
+        """Nothing to prepare in process (the shared limiter connects to Redis)."""
 
     async def aclose(self) -> None:
         """Nothing to release in process (the shared limiter closes its Redis client)."""

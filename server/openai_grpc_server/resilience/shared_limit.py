@@ -69,11 +69,24 @@ log = logging.getLogger("openai_grpc_server.resilience")
 KEY_PREFIX = "openai-grpc:rl:"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NO_DEADLINE = 1e12  # "wait as long as it takes" for the script
+_POOL_SIZE = 32  # Redis connections per process
 _PROBE_FIRST, _PROBE_MAX = 0.1, 5.0  # health probe backoff while Redis is away (seconds)
 
-# ARGV: mode, max_wait, n, then n bucket groups (kind, configured limit or 0, window seconds,
-# amount: the cost to reserve or the amount to give back), then header corrections in groups
-# of 5 (kind, configured, limit, remaining, reset; "" = not sent).
+# Hash fields and wire names of the four buckets.
+_CODE = {
+    RateLimitType.REQUESTS_PER_MINUTE: "rpm",
+    RateLimitType.TOKENS_PER_MINUTE: "tpm",
+    RateLimitType.REQUESTS_PER_DAY: "rpd",
+    RateLimitType.TOKENS_PER_DAY: "tpd",
+}
+_KIND = {code.encode(): kind for kind, code in _CODE.items()}
+
+# ARGV: mode ("reserve" or "settle"), max_wait (seconds), the buckets as
+# "code,configured limit or 0,window seconds,amount;..." (amount: the cost to reserve, or what
+# to give back), and upstream corrections as "code,configured,limit,remaining,reset;..." ("-"
+# for a value not sent). Few, pre-formatted arguments: redis-py's per-argument encoding is most of
+# its CPU per call. Fields per bucket: <code> = level, <code>:t = when (Redis TIME),
+# <code>:u = the limit learned from x-ratelimit-limit-* (per-minute buckets).
 _SCRIPT = """
 local key = KEYS[1]
 local t = redis.call('TIME')
@@ -109,17 +122,28 @@ local function finish(reply)
   return reply
 end
 
-local n = tonumber(ARGV[3])
+local function fields(text)
+  local out = {}
+  for part in string.gmatch(text, '[^,]+') do out[#out + 1] = part end
+  return out
+end
+
+local buckets = {}
+for group in string.gmatch(ARGV[3], '[^;]+') do
+  local f = fields(group)
+  buckets[#buckets + 1] = {f[1], tonumber(f[2]), tonumber(f[3]), tonumber(f[4])}
+end
+
 -- Upstream corrections: a bucket is never fuller than the upstream says is left.
 local function correct()
-  for j = 4 + 4 * n, #ARGV, 5 do
-    local kind, limit = ARGV[j], tonumber(ARGV[j + 2])
-    local remaining, reset = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
+  for group in string.gmatch(ARGV[4] or '', '[^;]+') do
+    local f = fields(group)
+    local kind, limit, remaining, reset = f[1], tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
     if limit and limit > 0 then
       redis.call('HSET', key, kind .. ':u', limit)
       touched = true
     end
-    local level, cap, rate = load(kind, tonumber(ARGV[j + 1]), 60)
+    local level, cap, rate = load(kind, tonumber(f[2]), 60)
     if level then
       if remaining then
         level = math.min(level, remaining)
@@ -132,10 +156,9 @@ end
 
 if ARGV[1] == 'settle' then
   -- Give back first, then correct: the upstream's count already holds this call's real usage.
-  for j = 4, 3 + 4 * n, 4 do
-    local kind = ARGV[j]
-    local level, cap = load(kind, tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
-    if level then save(kind, math.min(cap, level + tonumber(ARGV[j + 3]))) end
+  for _, b in ipairs(buckets) do
+    local level, cap = load(b[1], b[2], b[3])
+    if level then save(b[1], math.min(cap, level + b[4])) end
   end
   correct()
   return finish({'ok'})
@@ -144,9 +167,9 @@ end
 correct()
 local max_wait = tonumber(ARGV[2])
 local wait, binding, bcap, take = 0, '', 0, {}
-for j = 4, 3 + 4 * n, 4 do
-  local kind, amount = ARGV[j], tonumber(ARGV[j + 3])
-  local level, cap, rate = load(kind, tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]))
+for _, b in ipairs(buckets) do
+  local kind, amount = b[1], b[4]
+  local level, cap, rate = load(kind, b[2], b[3])
   if level then
     if amount > cap then return finish({'too_large', kind, tostring(cap), tostring(cap)}) end
     local missing = amount - level
@@ -201,12 +224,10 @@ class _TenantBuckets:
             for kind in _WINDOW_SECONDS
             if config.limit(kind) is not None or (_WINDOW_SECONDS[kind] == 60.0 and config.auto_adjust)
         ]
+        self.static = {k: f"{_CODE[k]},{config.limit(k) or 0},{_WINDOW_SECONDS[k]:.0f}" for k in self.kinds}
 
-    def groups(self, amounts: Mapping[RateLimitType, float]) -> list[str | float]:
-        args: list[str | float] = [len(amounts)]
-        for kind, amount in amounts.items():
-            args += [kind.value, self.config.limit(kind) or 0, _WINDOW_SECONDS[kind], amount]
-        return args
+    def groups(self, amounts: Mapping[RateLimitType, float]) -> str:
+        return ";".join(f"{self.static[kind]},{amount}" for kind, amount in amounts.items())
 
     def costs(self, token_estimate: int) -> dict[RateLimitType, float]:
         return {k: float(max(0, token_estimate)) if k in _TOKEN_KINDS else 1.0 for k in self.kinds}
@@ -246,12 +267,22 @@ class SharedRateLimiter:
         self.pending: dict[str, RateLimitHeaders] = {}  # header corrections for the next call
         self.redis = client or aioredis.Redis.from_url(
             config.redis_url or "",
-            socket_timeout=config.redis_timeout,
+            max_connections=_POOL_SIZE,
+            # Each batch is bounded as a whole (`redis_timeout`): redis-py's own per-read
+            # timeout would only add CPU to every call.
+            socket_timeout=None,
             socket_connect_timeout=config.redis_timeout,
             # One immediate retry on a broken pooled connection (Redis restarted); the call's
-            # own timeout still bounds it. redis-py's default would back off for seconds.
+            # own timeout still bounds it. redis-py's default backs off for seconds.
             retry=Retry(NoBackoff(), 1),
+            # No CLIENT SETINFO round trips on every new connection.
+            driver_info=None,
         )
+        # A few connections carry any load (Redis runs one script at a time anyway): batches
+        # queue for one here (redis-py's pool would fail, and its blocking pool costs several
+        # times the CPU of the call itself).
+        self._slots = asyncio.Semaphore(_POOL_SIZE)
+        self._batch: list[tuple[str, list[Any], asyncio.Future[list[Any]]]] = []
         # The fallback: each process holds its share of the limits while Redis is away.
         self.local = RateLimiter(
             config.divided(config.replicas_hint),
@@ -265,6 +296,24 @@ class SharedRateLimiter:
         self._probe: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_at = 0.0  # when the probe tries Redis next (RetryInfo while `closed`)
+        self._last_ok = 0.0  # perf_counter of the last answer from Redis
+
+    async def start(self) -> None:
+        """Connect and load the script before the first call (the first connection of a process
+        costs redis-py ~0.1 s of set-up). Redis down at start: the fallback applies until it is up."""
+        try:
+            async with asyncio.timeout(max(2.0, self.config.redis_timeout)):
+                await self.redis.script_load(_SCRIPT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(exc)
+            return
+        self._last_ok = time.perf_counter()
+        log.info("rate limits shared on Redis", extra={"redis": self._where()})
+
+    def _where(self) -> str:
+        """host:port (or socket path) of Redis, never the password the URL may hold."""
+        kwargs = self.redis.connection_pool.connection_kwargs
+        return str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
 
     # --- the request path ---------------------------------------------------------------------
     async def acquire(self, op: Operation) -> Reservation:
@@ -275,7 +324,7 @@ class SharedRateLimiter:
             try:
                 return await self._acquire_shared(op, buckets)
             except StoreDown:
-                pass  # marked down: this call takes the fallback below
+                pass  # Redis failed this call: it takes the fallback below
         if self.config.redis_failure == "closed":
             err = errors.RateLimiterUnavailable(
                 "the shared rate limiter (Redis) is unreachable and rate_limit.redis_failure is "
@@ -293,8 +342,8 @@ class SharedRateLimiter:
         if op.deadline is not None:
             max_wait = min(max_wait, op.deadline - self._clock.now())
         reply = await self._run(op, buckets, "reserve", max_wait, costs)
-        outcome, kind_name, wait_text, cap_text = (_text(v) for v in reply[:4])
-        kind = RateLimitType(kind_name) if kind_name else RateLimitType.REQUESTS_PER_MINUTE
+        outcome, kind = _text(reply[0]), _KIND.get(reply[1], RateLimitType.REQUESTS_PER_MINUTE)
+        wait_text, cap_text = _text(reply[2]), _text(reply[3])
         if outcome == "too_large":
             decide(self._on_decision, op, "rejected", kind.value)
             raise too_large(kind, costs[kind], float(wait_text))
@@ -312,7 +361,7 @@ class SharedRateLimiter:
             self._limited(op, kind)
             decide(self._on_decision, op, "rejected", kind.value)
             raise too_many(kind, capacity, wait, why)
-        taken = {RateLimitType(_text(k)): costs[RateLimitType(_text(k))] for k in reply[4:]}
+        taken = {_KIND[k]: costs[_KIND[k]] for k in reply[4:]}
         reservation = Reservation(buckets, taken, self._clock, op.token_estimate)
         if wait <= 0:
             decide(self._on_decision, op, "admitted", "")
@@ -363,25 +412,23 @@ class SharedRateLimiter:
             buckets = self._buckets[credential] = _TenantBuckets(self, credential, config)
         return buckets
 
-    def _corrections(self, buckets: _TenantBuckets) -> list[str | float]:
+    def _corrections(self, buckets: _TenantBuckets) -> str:
         parsed = self.pending.pop(buckets.credential, None)
         if parsed is None:
-            return []
-        args: list[str | float] = []
+            return ""
+        groups = []
         rpm, tpm = RateLimitType.REQUESTS_PER_MINUTE, RateLimitType.TOKENS_PER_MINUTE
         for kind, limit, remaining, reset in (
             (rpm, parsed.limit_requests, parsed.remaining_requests, parsed.reset_requests),
             (tpm, parsed.limit_tokens, parsed.remaining_tokens, parsed.reset_tokens),
         ):
             if limit is not None or remaining is not None:
-                args += [
-                    kind.value,
-                    buckets.config.limit(kind) or 0,
-                    "" if limit is None else limit,
-                    "" if remaining is None else remaining,
-                    "" if reset is None else reset,
-                ]
-        return args
+                values = (limit, remaining, reset)
+                groups.append(
+                    f"{_CODE[kind]},{buckets.config.limit(kind) or 0},"
+                    + ",".join("-" if v is None else str(v) for v in values)
+                )
+        return ";".join(groups)
 
     async def _run(
         self,
@@ -392,7 +439,7 @@ class SharedRateLimiter:
         amounts: Mapping[RateLimitType, float],
     ) -> list[Any]:
         """One script call, bounded by `redis_timeout` and the caller's deadline."""
-        args = [mode, max_wait, *buckets.groups(amounts), *self._corrections(buckets)]
+        args = [mode, max_wait, buckets.groups(amounts), self._corrections(buckets)]
         limit = self.config.redis_timeout
         if op is not None and op.deadline is not None:
             left = op.deadline - self._clock.now()
@@ -400,27 +447,90 @@ class SharedRateLimiter:
                 raise errors.Timeout("the call's deadline passed before the shared rate limiter answered")
             limit = min(limit, left)
         started = time.perf_counter()
+        fut = self._submit(buckets.key, args)
         try:
-            async with asyncio.timeout(limit):
-                try:
-                    reply = await self.redis.evalsha(_SCRIPT_SHA, 1, buckets.key, *args)
-                except NoScriptError:  # first use, or Redis restarted and lost its scripts
-                    await self.redis.script_load(_SCRIPT)
-                    reply = await self.redis.evalsha(_SCRIPT_SHA, 1, buckets.key, *args)
+            if limit < self.config.redis_timeout:
+                async with asyncio.timeout(limit):
+                    reply = await asyncio.shield(fut)
+            else:
+                reply = await fut  # the batch's own timeout bounds it
         except ResponseError:
             log.exception("the shared rate limiter's script failed")
             raise
         except (RedisError, OSError, TimeoutError) as exc:
-            if limit < self.config.redis_timeout and isinstance(exc, TimeoutError):
-                # The caller's deadline cut the call short: not Redis's fault.
-                raise errors.Timeout(
-                    "the call's deadline passed while the shared rate limiter answered"
-                ) from exc
+            if isinstance(exc, TimeoutError):
+                # The script may still run: a booking nobody waits for goes back.
+                fut.add_done_callback(
+                    lambda f: self._abandoned(f, buckets, amounts if mode == "reserve" else {})
+                )
+                if limit < self.config.redis_timeout:
+                    # The caller's deadline cut the call short: not Redis's fault.
+                    raise errors.Timeout(
+                        "the call's deadline passed while the shared rate limiter answered"
+                    ) from exc
+                if self._last_ok > started:
+                    # Another call got its answer meanwhile: Redis is up, this call was slowed
+                    # by a busy event loop. It alone takes the fallback.
+                    raise StoreDown from exc
             self._down(exc)
             raise StoreDown from exc
+        self._last_ok = time.perf_counter()
         if self._on_round_trip is not None:
-            notify(self._on_round_trip, time.perf_counter() - started)
-        return list(reply)
+            notify(self._on_round_trip, self._last_ok - started)
+        return reply
+
+    def _abandoned(
+        self, fut: asyncio.Future[list[Any]], buckets: _TenantBuckets, amounts: Mapping[RateLimitType, float]
+    ) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        reply = fut.result()
+        if amounts and _text(reply[0]) == "ok":
+            buckets.give_back({_KIND[k]: amounts[_KIND[k]] for k in reply[4:]}, 0.0)
+
+    # Calls issued in the same event-loop turn share one pipeline: one round trip and a fraction
+    # of redis-py's per-command CPU. Each script still runs atomically on its own.
+    def _submit(self, key: str, args: list[Any]) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._batch.append((key, args, fut))
+        if len(self._batch) == 1:
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.background(self._send(batch))
+
+    async def _send(self, batch: list[tuple[str, list[Any], asyncio.Future[list[Any]]]]) -> None:
+        try:
+            async with asyncio.timeout(self.config.redis_timeout), self._slots:
+                replies = await self._pipeline(batch)
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                if missing:  # first use, or Redis restarted and lost its scripts
+                    await self.redis.script_load(_SCRIPT)
+                    for i, reply in zip(
+                        missing, await self._pipeline([batch[i] for i in missing]), strict=True
+                    ):
+                        replies[i] = reply
+        except (RedisError, OSError, TimeoutError) as exc:
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, _, fut), reply in zip(batch, replies, strict=True):
+            if fut.done():
+                continue
+            if isinstance(reply, Exception):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(list(reply))
+
+    async def _pipeline(self, batch: list[tuple[str, list[Any], asyncio.Future[list[Any]]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for key, args, _ in batch:
+            pipe.evalsha(_SCRIPT_SHA, 1, key, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def settle(self, buckets: _TenantBuckets, amounts: Mapping[RateLimitType, float]) -> None:
         if not self.shared:
@@ -442,7 +552,12 @@ class SharedRateLimiter:
         log.warning(
             "shared rate limiter unreachable: %s",
             "using in-process limits" if mode == "local" else "refusing calls (redis_failure: closed)",
-            extra={"error": type(exc).__name__, "mode": mode, "replicas_hint": self.config.replicas_hint},
+            extra={
+                "error": type(exc).__name__,
+                "redis": self._where(),
+                "mode": mode,
+                "replicas_hint": self.config.replicas_hint,
+            },
         )
         if self._on_store_state is not None:
             notify(self._on_store_state, mode)
