@@ -76,7 +76,10 @@ async def measure(calls: int, concurrency: int) -> dict[str, Any]:
             from redis.utils import HIREDIS_AVAILABLE  # noqa: PLC0415
 
             if HIREDIS_AVAILABLE:
-                parsers = [("redis_hiredis", {}), ("redis_python_parser", {"parser_class": _AsyncRESP2Parser})]
+                parsers = [
+                    ("redis_hiredis", {}),
+                    ("redis_python_parser", {"parser_class": _AsyncRESP2Parser}),
+                ]
         except ImportError:
             pass
         for name, kwargs in parsers:

@@ -15,7 +15,9 @@ from openai_grpc_server.resilience.shared_limit import _KIND, KEY_PREFIX, Shared
 
 from tests.redis_server import RedisServer, available
 
-pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not installed (scripts/bootstrap.sh)")
+pytestmark = pytest.mark.skipif(
+    not available(), reason="redis-server is not installed (scripts/bootstrap.sh)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +76,12 @@ async def settled(lim: SharedRateLimiter) -> None:
         await asyncio.wait(set(lim._tasks))
 
 
-async def test_two_processes_share_the_request_bucket(redis_server: RedisServer, store: aioredis.Redis) -> None:
-    a, b = limiter(redis_server.url, requests_per_minute=3, queue_requests=False), limiter(
-        redis_server.url, requests_per_minute=3, queue_requests=False
+async def test_two_processes_share_the_request_bucket(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
+    a, b = (
+        limiter(redis_server.url, requests_per_minute=3, queue_requests=False),
+        limiter(redis_server.url, requests_per_minute=3, queue_requests=False),
     )
     await a.acquire(op())
     await b.acquire(op())
@@ -89,7 +94,9 @@ async def test_two_processes_share_the_request_bucket(redis_server: RedisServer,
     await b.aclose()
 
 
-async def test_estimate_reserved_then_settled_with_usage(redis_server: RedisServer, store: aioredis.Redis) -> None:
+async def test_estimate_reserved_then_settled_with_usage(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
     lim = limiter(redis_server.url, tokens_per_minute=10_000)
     reservation = await lim.acquire(op(tokens=4_000))
     assert (await levels(store, "team-a"))["tokens_per_minute"] == pytest.approx(6_000, abs=5)
@@ -129,7 +136,9 @@ async def test_waiters_are_booked_in_order_and_bounded_by_the_deadline(
     await lim.aclose()
 
 
-async def test_cancelled_waiter_gives_its_booking_back(redis_server: RedisServer, store: aioredis.Redis) -> None:
+async def test_cancelled_waiter_gives_its_booking_back(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
     lim = limiter(redis_server.url, requests_per_minute=60)  # one a second
     await store.hset(redis_key("team-a"), mapping={"rpm": "0"})
     task = asyncio.ensure_future(lim.acquire(op()))
@@ -158,7 +167,9 @@ async def test_too_large_and_queue_bound(redis_server: RedisServer, store: aiore
     await lim.aclose()
 
 
-async def test_upstream_headers_correct_the_shared_bucket(redis_server: RedisServer, store: aioredis.Redis) -> None:
+async def test_upstream_headers_correct_the_shared_bucket(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
     a = limiter(redis_server.url, requests_per_minute=1_000, queue_requests=False)
     b = limiter(redis_server.url, requests_per_minute=1_000, queue_requests=False)
     first = await a.acquire(op())
@@ -181,9 +192,7 @@ async def test_upstream_headers_correct_the_shared_bucket(redis_server: RedisSer
         await lim.aclose()
 
 
-async def test_tenants_never_share_a_bucket(
-    redis_server: RedisServer, store: aioredis.Redis
-) -> None:
+async def test_tenants_never_share_a_bucket(redis_server: RedisServer, store: aioredis.Redis) -> None:
     lim = limiter(
         redis_server.url,
         requests_per_minute=100,
@@ -207,7 +216,9 @@ async def test_tenants_never_share_a_bucket(
     await lim.aclose()
 
 
-async def test_redis_down_local_fallback_then_back_to_shared(redis_server: RedisServer, store: aioredis.Redis) -> None:
+async def test_redis_down_local_fallback_then_back_to_shared(
+    redis_server: RedisServer, store: aioredis.Redis
+) -> None:
     events = Events()
     lim = limiter(redis_server.url, events, requests_per_minute=4, replicas_hint=2, queue_requests=False)
     await lim.acquire(op())
