@@ -313,17 +313,48 @@ class _Waiter:
     costs: dict[RateLimitType, float]
 
 
-class _CredentialLimiter:
+class WaitLine:
+    """A credential's FIFO of waiting calls and the signal that wakes them (in process and,
+    for the shared limiter, this process's line in front of Redis)."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[Any] = collections.deque()
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake every queued waiter so it re-evaluates (the head may now fit)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, clock: Clock, limit: float | None) -> None:
+        """Until the buckets or the queue change, or `limit` seconds pass on `clock` (an
+        injectable clock, hence no `asyncio.timeout`)."""
+        event = self._changed
+        if limit is None:
+            await event.wait()
+            return
+        if limit <= 0:
+            await asyncio.sleep(0)
+            return
+        changed = asyncio.ensure_future(event.wait())
+        timer = asyncio.ensure_future(clock.sleep(limit))
+        try:
+            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            timer.cancel()
+
+
+class _CredentialLimiter(WaitLine):
     """The buckets and the wait queue of one credential."""
 
     def __init__(self, config: RateLimitConfig, now: float) -> None:
+        super().__init__()
         self.buckets: dict[RateLimitType, _Bucket] = {}
         for kind, window in _WINDOW_SECONDS.items():
             limit = config.limit(kind)
             if limit is not None:
                 self.buckets[kind] = _Bucket(kind, limit, limit / window, limit, now, float(limit))
-        self.queue: collections.deque[_Waiter] = collections.deque()
-        self._changed = asyncio.Event()
 
     def costs(self, token_estimate: int) -> dict[RateLimitType, float]:
         return {kind: float(max(0, token_estimate)) if kind in _TOKEN_KINDS else 1.0 for kind in self.buckets}
@@ -405,30 +436,6 @@ class _CredentialLimiter:
                 # Exhausted upstream: nothing is available until its reset, then normal refill.
                 bucket.level = min(bucket.level, -reset * bucket.rate)
         self.notify()
-
-    def notify(self) -> None:
-        """Wake every queued waiter so it re-evaluates (the head may now fit)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_change(self, clock: Clock, limit: float | None) -> None:
-        """Until the buckets or the queue change, or `limit` seconds pass on `clock` (an
-        injectable clock, hence no `asyncio.timeout`)."""
-        event = self._changed
-        if limit is None:
-            await event.wait()
-            return
-        if limit <= 0:
-            await asyncio.sleep(0)
-            return
-        changed = asyncio.ensure_future(event.wait())
-        timer = asyncio.ensure_future(clock.sleep(limit))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            timer.cancel()
-
 
 # --- shared with the Redis limiter -------------------------------------------------------------
 def too_large(kind: RateLimitType, cost: float, capacity: float) -> errors.TokenLimitExceeded:

@@ -5,15 +5,16 @@ requests and tokens per minute and per day with continuous refill, an estimate r
 the call and settled with real usage after it, corrections from upstream `x-ratelimit-*`
 headers, and a wait bounded by the caller's deadline and `max_queue_size`.
 
-Each reserve and each settle is one Lua script run with EVALSHA (one round trip). The script
-reads Redis's own clock (`TIME`), so the gateways' clocks never matter. A reservation that does
-not fit at once is booked ahead: the script takes it (the level goes negative) and answers how
-long until it is covered; the caller sleeps that long and goes. Bookings are served in the
-order they reach Redis, so the wait line is FIFO across the whole cluster and costs no polling.
-A booking is made only when the wait ends before the caller's deadline, and only while fewer
-than `max_queue_size` calls of this process wait for that credential; a caller that goes away
-while waiting gives its booking back. Header corrections ride along with the next script call
-of that credential instead of costing their own round trip.
+Each reserve and each settle is one Lua script run with EVALSHA (one round trip; calls issued
+in the same event-loop turn share one pipeline). The script reads Redis's own clock (`TIME`),
+so the gateways' clocks never matter. A reserve either takes 1 request + the estimate from
+every bucket at once or takes nothing and answers how long refill alone needs. Calls that must
+wait stand in this process's FIFO line (bounded by `max_queue_size`, never past the caller's
+deadline); only its head asks Redis again, when that time is up, when this process gave
+capacity back, or at least every 0.1 s (refunds of other replicas). Waiting calls hold
+nothing in Redis: a bucket charged with full estimates while calls wait would admit far fewer
+tokens than the limit once real usage settles them. Header corrections ride along with the
+next script call of that credential instead of costing their own round trip.
 
 Keys are `openai-grpc:rl:{<tenant>}` (a hash of the name when the name is not plain), one hash
 per tenant; nothing secret is ever written.
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +56,7 @@ from .rate_limit import (
     RateLimitHook,
     RateLimitType,
     Reservation,
+    WaitLine,
     decide,
     too_large,
     too_many,
@@ -68,7 +71,7 @@ log = logging.getLogger("openai_grpc_server.resilience")
 
 KEY_PREFIX = "openai-grpc:rl:"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_NO_DEADLINE = 1e12  # "wait as long as it takes" for the script
+_POLL = 0.1  # seconds between a waiting head's looks at Redis (other replicas' refunds)
 _POOL_SIZE = 32  # Redis connections per process
 _PROBE_FIRST, _PROBE_MAX = 0.1, 5.0  # health probe backoff while Redis is away (seconds)
 
@@ -81,7 +84,7 @@ _CODE = {
 }
 _KIND = {code.encode(): kind for kind, code in _CODE.items()}
 
-# ARGV: mode ("reserve" or "settle"), max_wait (seconds), the buckets as
+# ARGV: mode ("reserve" or "settle"), the buckets as
 # "code,configured limit or 0,window seconds,amount;..." (amount: the cost to reserve, or what
 # to give back), and upstream corrections as "code,configured,limit,remaining,reset;..." ("-"
 # for a value not sent). Few, pre-formatted arguments: redis-py's per-argument encoding is most of
@@ -106,7 +109,11 @@ local function load(kind, configured, window)
   local level, ts = tonumber(v[1]), tonumber(v[2])
   if not level then
     level = cap
-  elseif ts and now > ts then
+  elseif not ts then
+    -- A level without its time (set by hand): refill counts from now.
+    redis.call('HSET', key, kind .. ':t', string.format('%.6f', now))
+    touched = true
+  elseif now > ts then
     level = level + (now - ts) * rate
   end
   return math.min(level, cap), cap, rate
@@ -129,14 +136,14 @@ local function fields(text)
 end
 
 local buckets = {}
-for group in string.gmatch(ARGV[3], '[^;]+') do
+for group in string.gmatch(ARGV[2], '[^;]+') do
   local f = fields(group)
   buckets[#buckets + 1] = {f[1], tonumber(f[2]), tonumber(f[3]), tonumber(f[4])}
 end
 
 -- Upstream corrections: a bucket is never fuller than the upstream says is left.
 local function correct()
-  for group in string.gmatch(ARGV[4] or '', '[^;]+') do
+  for group in string.gmatch(ARGV[3] or '', '[^;]+') do
     local f = fields(group)
     local kind, limit, remaining, reset = f[1], tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
     if limit and limit > 0 then
@@ -165,7 +172,6 @@ if ARGV[1] == 'settle' then
 end
 
 correct()
-local max_wait = tonumber(ARGV[2])
 local wait, binding, bcap, take = 0, '', 0, {}
 for _, b in ipairs(buckets) do
   local kind, amount = b[1], b[4]
@@ -177,7 +183,7 @@ for _, b in ipairs(buckets) do
     take[#take + 1] = {kind, level - amount}
   end
 end
-if wait > 0 and wait >= max_wait then
+if wait > 0 then
   return finish({'wait', binding, string.format('%.6f', wait), tostring(bcap)})
 end
 local reply = {'ok', binding, string.format('%.6f', wait), tostring(bcap)}
@@ -208,15 +214,16 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class _TenantBuckets:
-    """One credential's buckets on Redis: builds script arguments, refunds in the background."""
+class _TenantBuckets(WaitLine):
+    """One credential's buckets on Redis: builds script arguments, refunds in the background,
+    and this process's line of calls waiting for them."""
 
     def __init__(self, owner: SharedRateLimiter, credential: str, config: RateLimitConfig) -> None:
+        super().__init__()
         self.owner = owner
         self.credential = credential
         self.key = redis_key(credential)
         self.config = config
-        self.waiting = 0  # calls of this process sleeping on a booking
         # Per-minute kinds always travel (a bucket learned from headers applies even when the
         # config leaves it unlimited); per-day kinds only when configured.
         self.kinds = [
@@ -337,56 +344,93 @@ class SharedRateLimiter:
 
     async def _acquire_shared(self, op: Operation, buckets: _TenantBuckets) -> Reservation:
         costs = buckets.costs(op.token_estimate)
-        queue_ok = self.config.queue_requests and buckets.waiting < self.config.max_queue_size
-        max_wait = _NO_DEADLINE if queue_ok else 0.0
-        if op.deadline is not None:
-            max_wait = min(max_wait, op.deadline - self._clock.now())
-        reply = await self._run(op, buckets, "reserve", max_wait, costs)
-        outcome, kind = _text(reply[0]), _KIND.get(reply[1], RateLimitType.REQUESTS_PER_MINUTE)
-        wait_text, cap_text = _text(reply[2]), _text(reply[3])
-        if outcome == "too_large":
-            decide(self._on_decision, op, "rejected", kind.value)
-            raise too_large(kind, costs[kind], float(wait_text))
-        wait, capacity = float(wait_text), float(cap_text)
-        if outcome == "wait":
-            why = (
-                "the call's deadline ends before then"
-                if queue_ok
-                else (
-                    f"the wait queue is full ({buckets.waiting} waiting)"
-                    if self.config.queue_requests
-                    else "queueing is disabled"
-                )
-            )
+        kind = RateLimitType.REQUESTS_PER_MINUTE
+        if not buckets.queue:
+            attempt = await self._try(op, buckets, costs)
+            if isinstance(attempt, Reservation):
+                decide(self._on_decision, op, "admitted", "")
+                return attempt
+            kind, capacity, wait = attempt
             self._limited(op, kind)
-            decide(self._on_decision, op, "rejected", kind.value)
-            raise too_many(kind, capacity, wait, why)
-        taken = {_KIND[k]: costs[_KIND[k]] for k in reply[4:]}
-        reservation = Reservation(buckets, taken, self._clock, op.token_estimate)
-        if wait <= 0:
-            decide(self._on_decision, op, "admitted", "")
-            return reservation
-        # Booked ahead: sleep until the booking is covered (it ends before the deadline).
-        self._limited(op, kind)
-        decide(self._on_decision, op, "queued", kind.value)
-        buckets.waiting += 1
-        try:
+            action = "default"
             if self._hook is not None:
                 decision = await call_hook(
                     self._hook.on_rate_limit, op, kind, wait, default=RateLimitDecision.default()
                 )
-                if decision.action == "reject":
-                    raise too_many(kind, capacity, wait, "the rate-limit hook rejected the request")
-            await self._clock.sleep(wait)
-        except BaseException as exc:
-            reservation.release()  # cancelled or rejected while waiting: the booking goes back
-            if isinstance(exc, errors.RateLimitError):
-                decide(self._on_decision, op, "rejected", kind.value)
-            raise
+                action = decision.action  # "wait" and "queue" both join the line here
+                if action == "reject":
+                    raise self._reject(op, kind, capacity, wait, "the rate-limit hook rejected the request")
+            if not (self.config.queue_requests or action in ("queue", "wait")):
+                raise self._reject(op, kind, capacity, wait, "queueing is disabled")
+            if op.deadline is not None and self._clock.now() + wait >= op.deadline:
+                raise self._reject(op, kind, capacity, wait, "the call's deadline ends before then")
+        elif not self.config.queue_requests:
+            raise self._reject(op, kind, None, 0.0, "queueing is disabled")
+        if len(buckets.queue) >= self.config.max_queue_size:
+            raise self._reject(op, kind, None, 0.0, f"the wait queue is full ({len(buckets.queue)} waiting)")
+        decide(self._on_decision, op, "queued", kind.value)
+        return await self._wait_in_line(op, buckets, costs, kind)
+
+    async def _try(
+        self, op: Operation, buckets: _TenantBuckets, costs: dict[RateLimitType, float]
+    ) -> Reservation | tuple[RateLimitType, float, float]:
+        """Reserve if it fits now (one script call); else the binding limit, its size and the
+        seconds until refill alone would make room."""
+        reply = await self._run(op, buckets, "reserve", costs)
+        outcome, kind = _text(reply[0]), _KIND.get(reply[1], RateLimitType.REQUESTS_PER_MINUTE)
+        if outcome == "too_large":
+            decide(self._on_decision, op, "rejected", kind.value)
+            raise too_large(kind, costs[kind], float(reply[3]))
+        if outcome == "wait":
+            return kind, float(reply[3]), float(reply[2])
+        return Reservation(
+            buckets, {_KIND[k]: costs[_KIND[k]] for k in reply[4:]}, self._clock, op.token_estimate
+        )
+
+    async def _wait_in_line(
+        self, op: Operation, buckets: _TenantBuckets, costs: dict[RateLimitType, float], kind: RateLimitType
+    ) -> Reservation:
+        """This process's FIFO in front of Redis: only the head asks Redis, when refill (or a
+        refund from this process) may have made room; the others wait for the line to move.
+        Waiting calls hold nothing in Redis, so refunds serve whoever is next, cluster-wide."""
+        waiter = object()
+        buckets.queue.append(waiter)
+        capacity: float | None = None
+        wait = 0.0
+        try:
+            while True:
+                if not self.shared:
+                    raise StoreDown  # the fallback takes over this call
+                now = self._clock.now()
+                timeout: float | None = None
+                if buckets.queue[0] is waiter:
+                    attempt = await self._try(op, buckets, costs)
+                    if isinstance(attempt, Reservation):
+                        buckets.queue.popleft()
+                        buckets.notify()  # the next in line becomes head
+                        decide(self._on_decision, op, "admitted", "")
+                        return attempt
+                    kind, capacity, wait = attempt
+                    now = self._clock.now()
+                    if op.deadline is not None and now + wait >= op.deadline:
+                        raise self._reject(op, kind, capacity, wait, "the call's deadline ends before then")
+                    # Refunds from other replicas are not signalled: look again at least every _POLL.
+                    timeout = min(wait, _POLL)
+                if op.deadline is not None:
+                    if now >= op.deadline:
+                        raise self._reject(op, kind, capacity, wait, "the call's deadline ends before then")
+                    timeout = min(math.inf if timeout is None else timeout, op.deadline - now)
+                await buckets.wait_change(self._clock, timeout)
         finally:
-            buckets.waiting -= 1
-        decide(self._on_decision, op, "admitted", "")
-        return reservation
+            if waiter in buckets.queue:  # rejected, cancelled or fell back: let the line move
+                buckets.queue.remove(waiter)
+                buckets.notify()
+
+    def _reject(
+        self, op: Operation, kind: RateLimitType, capacity: float | None, wait: float, why: str
+    ) -> errors.TooManyRequests:
+        decide(self._on_decision, op, "rejected", kind.value)
+        return too_many(kind, capacity, wait, why)
 
     def _limited(self, op: Operation, kind: RateLimitType) -> None:
         if self._on_limited is not None:
@@ -435,11 +479,10 @@ class SharedRateLimiter:
         op: Operation | None,
         buckets: _TenantBuckets,
         mode: str,
-        max_wait: float,
         amounts: Mapping[RateLimitType, float],
     ) -> list[Any]:
         """One script call, bounded by `redis_timeout` and the caller's deadline."""
-        args = [mode, max_wait, buckets.groups(amounts), self._corrections(buckets)]
+        args = [mode, buckets.groups(amounts), self._corrections(buckets)]
         limit = self.config.redis_timeout
         if op is not None and op.deadline is not None:
             left = op.deadline - self._clock.now()
@@ -536,7 +579,8 @@ class SharedRateLimiter:
         if not self.shared:
             return  # Redis is away: this refund is lost (the bucket was charged the estimate)
         with contextlib.suppress(StoreDown):  # marked down; the refund is lost with it
-            await self._run(None, buckets, "settle", 0.0, amounts)
+            await self._run(None, buckets, "settle", amounts)
+        buckets.notify()  # capacity came back: this process's head of line tries again
 
     def background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
