@@ -898,3 +898,14 @@ def test_no_key_when_the_key_has_a_stray_newline() -> None:
     exc = httpx.LocalProtocolError(f"Illegal header value b'Bearer {API_KEY}\\n'")
     err = errors.classify_exception(exc, base_url="https://api.openai.com/v1")
     assert_no_key(err)
+
+
+def test_rate_limiter_unavailable_row() -> None:
+    err = errors.RateLimiterUnavailable("the shared rate limiter is unreachable", retry_after=0.4)
+    rpc = status.to_rpc_status(err)
+    details = unpack_details(rpc)
+    assert rpc.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert details["ErrorInfo"].reason == "RATE_LIMITER_UNAVAILABLE"
+    assert details["ErrorInfo"].domain == "openai-grpc"
+    assert details["RetryInfo"].retry_delay.nanos == 400_000_000
+    assert not err.breaker_failure  # Redis being down says nothing about OpenAI
