@@ -10,9 +10,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from openai_grpc_server import errors
+from openai_grpc_server.fake_upstream import FakeUpstream
 from openai_grpc_server.resilience import Operation, RateLimitConfig
 from openai_grpc_server.resilience.shared_limit import _KIND, KEY_PREFIX, SharedRateLimiter, redis_key
+from openai_grpc_server.telemetry import Telemetry
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from tests.integration.conftest import settings_for, start_gateway, stop_gateway
+from tests.integration.test_errors import call_failing
+from tests.integration.test_resilience import _metric_points
 from tests.redis_server import RedisServer, available
 
 pytestmark = pytest.mark.skipif(
@@ -267,3 +274,32 @@ async def test_redis_down_closed_rejects_unavailable_then_recovers(
         await asyncio.sleep(0.05)
     await lim.acquire(op())
     await lim.aclose()
+
+
+async def test_gateway_reports_decisions_round_trips_and_fallback(
+    redis_server: RedisServer, store: aioredis.Redis, fake: FakeUpstream
+) -> None:
+    fake.reset()
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    limits = RateLimitConfig(requests_per_minute=2, queue_requests=False, redis_url=redis_server.url)
+    gw = await start_gateway(settings_for(fake.base_url, rate_limit=limits), telemetry)
+    try:
+        for _ in range(2):
+            await gw.unary("ListModels")(gw.request("ListModels"), timeout=5)
+        failure = await call_failing(gw, "ListModels", gw.request("ListModels"))
+        assert failure.info.reason == "RATE_LIMITED"
+        decisions = {
+            (p.attributes["decision"], p.attributes["limit_type"]): p.value
+            for p in _metric_points(reader, "openai_rate_limit_decisions_total")
+        }
+        assert decisions == {("admitted", ""): 2, ("rejected", "requests_per_minute"): 1}
+        [trips] = _metric_points(reader, "openai_rate_limit_redis_duration_seconds")
+        assert trips.count >= 3
+        redis_server.stop()
+        await gw.unary("ListModels")(gw.request("ListModels"), timeout=5)  # local fallback
+        [state] = _metric_points(reader, "openai_rate_limit_fallback")
+        assert state.value == 1
+    finally:
+        redis_server.start()
+        await stop_gateway(gw)
