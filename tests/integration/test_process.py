@@ -55,8 +55,13 @@ def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         (("--config", "/nonexistent/gateway.yaml"), {"OPENAI_API_KEY": "sk-x"}, "cannot read /nonexistent"),
         ((), {"OPENAI_API_KEY": "sk-x", "OPENAI_GRPC_PORT": "http"}, "OPENAI_GRPC_PORT"),
         ((), {"OPENAI_API_KEY": "sk-x", "OPENAI_GRPC_RETRY_MAX_RETRIES": "-1"}, "retry"),
+        (
+            (),
+            {"OPENAI_API_KEY": "sk-x", "OPENAI_GRPC_RATE_LIMIT_REDIS_FAILURE": "open"},
+            "rate_limit.redis_failure",
+        ),
     ],
-    ids=["no-key", "bad-base-url", "unreadable-config", "bad-port", "bad-retry"],
+    ids=["no-key", "bad-base-url", "unreadable-config", "bad-port", "bad-retry", "bad-redis-failure"],
 )
 def test_bad_configuration_stops_at_start(args: tuple[str, ...], env: dict[str, str], needle: str) -> None:
     proc = run_server(*args, env=clean_env(**env))
