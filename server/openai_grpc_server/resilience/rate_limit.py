@@ -19,6 +19,10 @@ overtakes an earlier large one, or large requests would starve. It is rejected w
 `errors.TooManyRequests` (retry_after = when its capacity returns, metadata `limit_type`) when
 the queue is full, when queueing is off, or when its wait would outlive the call's deadline:
 failing fast leaves the caller its remaining time to act.
+
+A tenant may have its own limits (tenants file `limits:`, `RateLimitConfig.for_tenant`). These
+buckets live in this process; with `rate_limit.redis_url` the same semantics hold cluster-wide
+(`shared_limit.SharedRateLimiter`), and this limiter becomes its fallback while Redis is away.
 """
 
 from __future__ import annotations
