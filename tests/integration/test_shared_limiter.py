@@ -4,6 +4,7 @@ limiter instances stand for several gateway processes sharing one Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -303,3 +304,17 @@ async def test_gateway_reports_decisions_round_trips_and_fallback(
     finally:
         redis_server.start()
         await stop_gateway(gw)
+
+
+async def test_redis_down_at_start_and_its_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="openai_grpc_server.resilience")
+    lim = limiter("redis://:s3cret-pass@127.0.0.1:1/0", requests_per_minute=10)  # nothing listens
+    assert "s3cret" not in repr(lim.config)
+    await lim.start()  # the gateway still starts: the fallback applies until Redis answers
+    assert not lim.shared
+    await lim.acquire(op())
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.__dict__["redis"] == "127.0.0.1:1"
+    for record in caplog.records:
+        assert "s3cret" not in record.getMessage() + repr(record.__dict__)
+    await lim.aclose()
