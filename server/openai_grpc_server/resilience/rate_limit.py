@@ -441,6 +441,7 @@ class _CredentialLimiter(WaitLine):
                 bucket.level = min(bucket.level, -reset * bucket.rate)
         self.notify()
 
+
 # --- shared with the Redis limiter -------------------------------------------------------------
 def too_large(kind: RateLimitType, cost: float, capacity: float) -> errors.TokenLimitExceeded:
     """A request bigger than a whole bucket: it can never be sent."""

@@ -232,6 +232,7 @@ class _TenantBuckets(WaitLine):
             if config.limit(kind) is not None or (_WINDOW_SECONDS[kind] == 60.0 and config.auto_adjust)
         ]
         self.static = {k: f"{_CODE[k]},{config.limit(k) or 0},{_WINDOW_SECONDS[k]:.0f}" for k in self.kinds}
+        self.binding = RateLimitType.REQUESTS_PER_MINUTE  # the limit that last made a call wait
 
     def groups(self, amounts: Mapping[RateLimitType, float]) -> str:
         return ";".join(f"{self.static[kind]},{amount}" for kind, amount in amounts.items())
@@ -344,7 +345,7 @@ class SharedRateLimiter:
 
     async def _acquire_shared(self, op: Operation, buckets: _TenantBuckets) -> Reservation:
         costs = buckets.costs(op.token_estimate)
-        kind = RateLimitType.REQUESTS_PER_MINUTE
+        kind = buckets.binding  # what holds the line up, as its head last heard from Redis
         if not buckets.queue:
             attempt = await self._try(op, buckets, costs)
             if isinstance(attempt, Reservation):
@@ -382,6 +383,7 @@ class SharedRateLimiter:
             decide(self._on_decision, op, "rejected", kind.value)
             raise too_large(kind, costs[kind], float(reply[3]))
         if outcome == "wait":
+            buckets.binding = kind
             return kind, float(reply[3]), float(reply[2])
         return Reservation(
             buckets, {_KIND[k]: costs[_KIND[k]] for k in reply[4:]}, self._clock, op.token_estimate
