@@ -100,7 +100,9 @@ LEVERS: tuple[Lever, ...] = (
 )
 REPO = Path(__file__).resolve().parent.parent
 CODEC_KEY = "codec_json_path"
-KEYS: tuple[str, ...] = (*(lv.key for lv in LEVERS), CODEC_KEY)
+LIMITER_KEY = "shared_rate_limit"
+LIMITER_TARGET_US = 150.0  # the shared limiter may add at most this much CPU per call
+KEYS: tuple[str, ...] = (*(lv.key for lv in LEVERS), CODEC_KEY, LIMITER_KEY)
 # Every gateway runs its loads in this order (after the same warm-up), so each is in the same state.
 LOAD_ORDER = ("unary_c1", "unary_c64", "embeddings_c16", "stream64_c64", "cadence_64")
 
@@ -245,13 +247,10 @@ class LeverRun:
         return {load: await self.measure(name, load) for load in loads}
 
     async def codec(self) -> dict[str, Any]:
-        b, p = self.b, self.plan
-        b.select("upstream")  # no middle process runs
-        await b.wait_quiet()
-        argv = [
-            b.py,
-            "-m",
+        p = self.plan
+        return await self.in_process(
             "bench.codec_lever",
+            "codec JSON path",
             "--repeat",
             str(p.codec_repeat),
             "--min-time",
@@ -260,10 +259,29 @@ class LeverRun:
             str(p.embed_inputs),
             "--dims",
             str(p.embed_dims),
-        ]
+        )
+
+    async def limiter(self) -> dict[str, Any]:
+        p = self.plan
+        return await self.in_process(
+            "bench.limiter_lever",
+            "rate limiter in process / on Redis",
+            "--calls",
+            str(p.limiter_calls),
+            "--concurrency",
+            str(p.c_high),
+        )
+
+    async def in_process(self, module: str, what: str, *args: str) -> dict[str, Any]:
+        """An in-process micro-benchmark, pinned to the core of the process under test while
+        no middle process runs; its JSON output."""
+        b = self.b
+        b.select("upstream")  # no middle process runs
+        await b.wait_quiet()
+        argv = [b.py, "-m", module, *args]
         if b.cpu_mid is not None:
             argv = ["taskset", "-c", b.cpu_mid, *argv]
-        print("[bench] levers: codec JSON path (in process)", flush=True)
+        print(f"[bench] levers: {what} (in process)", flush=True)
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdout=asyncio.subprocess.PIPE,
@@ -276,10 +294,10 @@ class LeverRun:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            return {"failed": "bench.codec_lever did not finish within 600 s"}
+            return {"failed": f"{module} did not finish within 600 s"}
         if proc.returncode != 0:
             tail = err.decode(errors="replace")[-600:]
-            return {"failed": f"bench.codec_lever exited {proc.returncode}: {tail}"}
+            return {"failed": f"{module} exited {proc.returncode}: {tail}"}
         data: dict[str, Any] = json.loads(out)
         data["pinned_cpus"] = b.cpu_mid
         return data
@@ -341,6 +359,18 @@ class LeverRun:
             "kind": "choice",
             "in_process": True,
             "codec": await self.codec(),
+        }
+        result["items"][LIMITER_KEY] = {
+            "title": "Rate limits shared on Redis",
+            "env": "OPENAI_GRPC_RATE_LIMIT_REDIS_URL",
+            "chosen": "in process",
+            "alternative": "redis",
+            "chosen_label": "per-process buckets (no `rate_limit.redis_url`)",
+            "alternative_label": "buckets shared on Redis (redis-server on loopback)",
+            "kind": "cost",
+            "in_process": True,
+            "target_us": LIMITER_TARGET_US,
+            "limiter": await self.limiter(),
         }
 
         baseline: dict[str, Any] = {"settings": base_env, "points": {}}

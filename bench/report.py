@@ -370,6 +370,7 @@ LEVER_ORDER = (
     "embeddings_base64",
     "coalesce_events",
     "tracing",
+    "shared_rate_limit",
 )
 MIN_MARGIN_PCT = 3.0  # never call a difference smaller than this real
 _UNITS = {"cpu_us_per_req": "request", "cpu_us_per_event": "event"}
@@ -450,6 +451,34 @@ def _judge_codec(item: dict[str, Any]) -> tuple[str, str]:
     return "keep", f"{head}: json_format is {speeds}; it {'; '.join(faults)}"
 
 
+def _limiter_cases(item: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The in-process case and the Redis cases of `bench.limiter_lever`."""
+    cases = dig(item, "limiter", "cases") or {}
+    redis = [(k, v) for k, v in cases.items() if k.startswith("redis") and "added_cpu_us_per_call" in v]
+    return cases.get("in_process") or {}, redis
+
+
+def _judge_limiter(item: dict[str, Any]) -> tuple[str, str]:
+    local, redis = _limiter_cases(item)
+    if not local or not redis:
+        return "n/a", dig(item, "limiter", "failed") or "not measured"
+    target = item.get("target_us", 150.0)
+    name, best = min(redis, key=lambda kv: kv[1]["added_cpu_us_per_call"])
+    added = best["added_cpu_us_per_call"]
+    verdict = "met" if added <= target else "**missed**"
+    fell_back = [k for k, v in redis if v.get("failed")]
+    text = (
+        f"Redis ({name}) adds {fmt(added, 1)} µs of gateway CPU per call (reserve + settle) to the "
+        f"{fmt(local.get('cpu_us_per_call'), 1)} µs of the in-process buckets, target "
+        f"≤ +{fmt(target, 0)} µs: {verdict}; redis-server spends "
+        f"{fmt(best.get('redis_server_cpu_us_per_call'), 1)} µs per call. Keep in-process buckets as "
+        "the default; set `rate_limit.redis_url` when limits must hold across replicas"
+    )
+    if fell_back:
+        text += f"; **{', '.join(fell_back)} fell back to in-process buckets during the run**"
+    return "keep", text
+
+
 def judge_levers(result: dict[str, Any]) -> None:
     """Give each lever its primary figure, ratio and one-line verdict (in place)."""
     levers = result.get("levers") or {}
@@ -462,6 +491,9 @@ def judge_levers(result: dict[str, Any]) -> None:
     for key, item in items.items():
         if key == "codec_json_path":
             item["verdict_kind"], item["verdict"] = _judge_codec(item)
+            continue
+        if key == "shared_rate_limit":
+            item["verdict_kind"], item["verdict"] = _judge_limiter(item)
             continue
         if "skipped" in item or "failed" in item:
             item["verdict_kind"], item["verdict"] = "n/a", item.get("skipped") or item.get("failed", "")
@@ -518,6 +550,33 @@ def _figure(summary: dict[str, Any], metric: str) -> str:
     return f"{fmt(v, 1)} µs" if v is not None else NA
 
 
+def limiter_section(item: dict[str, Any]) -> list[str]:
+    out = ["### Rate limits shared on Redis (in process, `shared_rate_limit`)", ""]
+    lim = item.get("limiter") or {}
+    if "cases" not in lim:
+        return [*out, f"Not measured: {lim.get('failed', 'not run')}.", ""]
+    out += [
+        f"{lim['concurrency']} tasks loop reserve (1 request + 120 tokens) -> settle (80 tokens) for "
+        f"{lim['calls']} calls per limiter, limits never binding, uvloop; redis-server on loopback, "
+        f"pinned with the process (CPU {lim.get('pinned_cpus') or 'any'}). CPU of this process includes "
+        "the background settles; acquire latency includes waiting for the event loop.",
+        "",
+        "| limiter | CPU µs per call | added µs | redis-server µs per call | calls/s | acquire p50 µs "
+        "| acquire p99 µs | c=1: acquire p50 / p99 µs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, case in lim["cases"].items():
+        out.append(
+            f"| {name}{' (fell back)' if case.get('failed') else ''} "
+            f"| {fmt(case.get('cpu_us_per_call'), 1)} | {fmt(case.get('added_cpu_us_per_call'), 1)} "
+            f"| {fmt(case.get('redis_server_cpu_us_per_call'), 1)} "
+            f"| {fmt(case.get('calls_per_s'), 0)} | {fmt(case.get('acquire_p50_us'), 1)} "
+            f"| {fmt(case.get('acquire_p99_us'), 1)} "
+            f"| {fmt(dig(case, 'c1', 'acquire_p50_us'), 1)} / {fmt(dig(case, 'c1', 'acquire_p99_us'), 1)} |"
+        )
+    return [*out, ""]
+
+
 def lever_rows(result: dict[str, Any]) -> list[str]:
     levers = result.get("levers") or {}
     items = levers.get("items") or {}
@@ -544,6 +603,18 @@ def lever_rows(result: dict[str, Any]) -> list[str]:
                 f"| {item['alternative_label']} | decode the chat response | µs per conversion "
                 f"| {fmt(dec['codec_us'], 1)} µs | {fmt(dec['json_format_us'], 1)} µs "
                 f"| {fmt(dec.get('ratio_json_format_vs_codec'))}x | {item.get('verdict', '')} |"
+            )
+            continue
+        if key == "shared_rate_limit":
+            local, redis = _limiter_cases(item)
+            best = min((v for _, v in redis), key=lambda v: v["cpu_us_per_call"], default={})
+            ratio = best["cpu_us_per_call"] / local["cpu_us_per_call"] if best and local else None
+            out.append(
+                f"| {title} | in process (`bench/limiter_lever.py`), `{item['env']}` "
+                f"| {item['chosen_label']} "
+                f"| {item['alternative_label']} | acquire + settle, c={dig(item, 'limiter', 'concurrency')} "
+                f"| CPU per call | {_figure(local, 'cpu_us_per_call')} | {_figure(best, 'cpu_us_per_call')} "
+                f"| {fmt(ratio)}x | {item.get('verdict', '')} |"
             )
             continue
         setting = f"`{item['env']}`"
@@ -1170,6 +1241,7 @@ def _levers_section(result: dict[str, Any]) -> list[str]:
         else:
             out.append(f"Not measured: {cd.get('failed', 'not run')}.")
         out.append("")
+        out.extend(limiter_section((lv.get("items") or {}).get("shared_rate_limit") or {}))
     whys = why_next(result)
     out.append("### Missed targets: why, and the next step")
     out.append("")

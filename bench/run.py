@@ -94,6 +94,7 @@ class Plan:
     lever_cadence_streams: int = 64
     codec_repeat: int = 5
     codec_min_time: float = 0.2
+    limiter_calls: int = 20_000  # bench.limiter_lever: acquire+settle cycles per limiter
 
 
 FULL = Plan()
@@ -122,6 +123,7 @@ QUICK = Plan(
     lever_cadence_streams=16,
     codec_repeat=2,
     codec_min_time=0.01,
+    limiter_calls=1_000,
 )
 
 

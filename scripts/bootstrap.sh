@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the gateway and its tests need, idempotently, into this checkout:
 # .venv/ (pinned Python packages), client_stubs/typescript/node_modules (npm ci) and, when
-# missing, the Debian packages for Node.js, Go and the container image test; then the pinned stub generators
-# (scripts/gen_stubs.sh --tools: .venv/stubgen, protoc-gen-go and protoc-gen-go-grpc in .venv/bin).
-# Safe to run repeatedly.
+# missing, the Debian packages for Node.js, Go, redis-server and the container image test; then
+# the pinned stub generators (scripts/gen_stubs.sh --tools: .venv/stubgen, protoc-gen-go and
+# protoc-gen-go-grpc in .venv/bin). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,8 @@ for p in podman runc debootstrap uidmap:newuidmap fuse-overlayfs slirp4netns; do
   have "${p#*:}" || need_apt+=("${p%%:*}")
 done
 command -v go >/dev/null || need_apt+=(golang-go)
+# Real Redis for the shared rate-limit tests and benchmark (started by the tests themselves).
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2

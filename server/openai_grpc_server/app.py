@@ -134,11 +134,21 @@ async def start(
     (a worker waits for its supervisor: see processes.py)."""
     telemetry = telemetry or Telemetry()
     jsonlib.use(settings.json_library)
-    policy = ResiliencePolicy(settings.retry, settings.rate_limit, settings.breaker, observer=telemetry)
+    authenticator = settings.authenticator()
+    policy = ResiliencePolicy(
+        settings.retry,
+        settings.rate_limit,
+        settings.breaker,
+        observer=telemetry,
+        tenant_limits={
+            t.name: settings.rate_limit.for_tenant(t.limits) for t in authenticator.tenants if t.limits
+        },
+    )
+    await policy.start()
     upstream = UpstreamClient(settings.upstream())
     gw = Gateway(
         upstream,
-        settings.authenticator(),
+        authenticator,
         policy,
         telemetry,
         max_concurrent=settings.max_concurrent_rpcs,

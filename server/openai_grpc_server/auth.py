@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openai_grpc_server.errors import CallerForbidden, CallerUnauthenticated, MissingApiKey, register_secrets
+from openai_grpc_server.resilience.rate_limit import RateLimitConfig
 
 
 class Secret:
@@ -58,6 +59,9 @@ class Tenant:
     name: str
     credential: Credential
     token_digest: bytes
+    # The tenant's own requests/tokens per minute/day (`RateLimitConfig.for_tenant`); the
+    # limiter keys its buckets by the tenant name, never by its token or key.
+    limits: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _digest(token: str) -> bytes:
@@ -100,11 +104,12 @@ class Authenticator:
 
 
 def tenants_from_mapping(data: Any, source: Path) -> list[Tenant]:
-    """Parse a tenants file: {"tenants": [{"name", "token", "api_key", "organization", "project"}]}."""
+    """Parse a tenants file: {"tenants": [{"name", "token", "api_key", "organization", "project",
+    "limits": {"requests_per_minute", "tokens_per_minute", "requests_per_day", "tokens_per_day"}}]}."""
     items = data.get("tenants") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise ValueError(f"{source}: expected a non-empty `tenants` list")
-    tenants = []
+    tenants: list[Tenant] = []
     for i, item in enumerate(items):
         if (
             not isinstance(item, dict)
@@ -113,13 +118,23 @@ def tenants_from_mapping(data: Any, source: Path) -> list[Tenant]:
             or not item.get("api_key")
         ):
             raise ValueError(f"{source}: tenant #{i + 1} needs `name`, `token` and `api_key`")
+        name = str(item["name"])
+        if any(t.name == name for t in tenants):
+            raise ValueError(f"{source}: tenant name {name!r} is used twice (names key the rate limits)")
+        limits = item.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise ValueError(f"{source}: tenant {name!r}: `limits` must be a mapping")
+        try:
+            RateLimitConfig().for_tenant(limits)
+        except ValueError as exc:
+            raise ValueError(f"{source}: tenant {name!r}: {exc}") from exc
         cred = Credential(
             name=str(item["name"]),
             api_key=Secret(str(item["api_key"]).strip()),
             organization=item.get("organization"),
             project=item.get("project"),
         )
-        tenants.append(Tenant(str(item["name"]), cred, _digest(str(item["token"]))))
+        tenants.append(Tenant(name, cred, _digest(str(item["token"])), limits))
     # Caller tokens are kept only as digests; their values are known here, once.
     register_secrets(str(item["token"]) for item in items)
     return tenants

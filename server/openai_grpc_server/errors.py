@@ -286,6 +286,14 @@ class CircuitOpen(ServerError):
     retryable = False
 
 
+class RateLimiterUnavailable(ServerError):
+    """Local: the shared rate limiter (Redis) is down and `rate_limit.redis_failure` is `closed`."""
+
+    reason = "RATE_LIMITER_UNAVAILABLE"
+    error_code = "GATEWAY_RATE_LIMITER"
+    breaker_failure = False
+
+
 # --- Response --------------------------------------------------------------------------------
 class ResponseError(OpenAIError):
     code = Code.INTERNAL

@@ -174,7 +174,38 @@ class _RouteInfo:
         return found
 
 
-class Telemetry:
+class RateLimitTelemetry:
+    """The rate limiter's instruments (in-process and shared on Redis), in one place."""
+
+    _STORE_STATES = {"shared": 0, "local": 1, "closed": 2}
+
+    def _init_rate_limit_metrics(self, meter: metrics.Meter) -> None:
+        self._rl_decisions = meter.create_counter(
+            "openai_rate_limit_decisions_total",
+            description="Rate limiter decisions: admitted, queued, rejected (by limit_type)",
+        )
+        self._rl_redis = meter.create_histogram(
+            "openai_rate_limit_redis_duration_seconds", unit="s", description="Shared limiter round trip"
+        )
+        self._rl_store = meter.create_up_down_counter(
+            "openai_rate_limit_fallback",
+            description="0 limits shared on Redis, 1 Redis away: in-process fallback, 2 Redis away: closed",
+        )
+        self._rl_store_value = 0
+
+    def on_rate_limit_decision(self, op: Any, outcome: str, limit_type: str) -> None:
+        self._rl_decisions.add(1, {"decision": outcome, "limit_type": limit_type})
+
+    def on_limiter_round_trip(self, seconds: float) -> None:
+        self._rl_redis.record(seconds)
+
+    def on_limiter_store(self, state: str) -> None:
+        value = self._STORE_STATES.get(state, 0)
+        self._rl_store.add(value - self._rl_store_value)
+        self._rl_store_value = value
+
+
+class Telemetry(RateLimitTelemetry):
     """One object the request path reports to; also the resilience observer."""
 
     def __init__(
@@ -230,6 +261,7 @@ class Telemetry:
         self.models = ModelLabels(max_models)
         self._routes: dict[int, _RouteInfo] = {}
         self._breaker_values: dict[str, int] = {}
+        self._init_rate_limit_metrics(meter)
 
     def _route(self, route: Route) -> _RouteInfo:
         # Keyed by identity: hashing the frozen Route dataclass hashes all its fields every call.

@@ -36,6 +36,7 @@ LEVERS = (
     "embeddings_base64",
     "coalesce_events",
     "tracing",
+    "shared_rate_limit",
 )
 
 
@@ -74,6 +75,11 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
         item = items[key]
         assert "skipped" not in item and "failed" not in item, (key, item)
         assert item["verdict"] and item["verdict_kind"] in ("keep", "reconsider", "noise"), (key, item)
+        if key == "shared_rate_limit":
+            cases = item["limiter"]["cases"]
+            assert cases["in_process"]["cpu_us_per_call"] > 0
+            assert any(k.startswith("redis") and v["cpu_us_per_call"] > 0 for k, v in cases.items()), cases
+            continue
         if key == "codec_json_path":
             for case in item["codec"]["cases"].values():
                 assert case["decode"]["codec_us"] > 0 and case["decode"]["json_format_us"] > 0

@@ -108,6 +108,11 @@ KEY = {"OPENAI_API_KEY": "sk-x"}
             {"OPENAI_GRPC_AUTH_MODE": "tokens", "OPENAI_GRPC_TENANTS_FILE": "/dev/null"},
             "expected a non-empty `tenants` list",
         ),
+        (
+            (),
+            {"OPENAI_API_KEY": "sk-x", "OPENAI_GRPC_RATE_LIMIT_REDIS_FAILURE": "open"},
+            "rate_limit.redis_failure",
+        ),
     ],
     ids=[
         "no-key",
@@ -123,6 +128,7 @@ KEY = {"OPENAI_API_KEY": "sk-x"}
         "address-not-here",
         "tls-not-pem",
         "tenants-file-empty",
+        "bad-redis-failure",
     ],
 )
 def test_bad_configuration_stops_at_start(args: tuple[str, ...], env: dict[str, str], needle: str) -> None:

@@ -918,3 +918,14 @@ def test_the_bearer_placeholder_in_our_own_hint_survives() -> None:
     hint = "send `authorization: Bearer <token>` metadata with a token of this gateway"
     assert errors.redact(hint) == hint
     assert "abcdef123456" not in errors.redact("authorization: Bearer abcdef123456")
+
+
+def test_rate_limiter_unavailable_row() -> None:
+    err = errors.RateLimiterUnavailable("the shared rate limiter is unreachable", retry_after=0.4)
+    rpc = status.to_rpc_status(err)
+    details = unpack_details(rpc)
+    assert rpc.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert details["ErrorInfo"].reason == "RATE_LIMITER_UNAVAILABLE"
+    assert details["ErrorInfo"].domain == "openai-grpc"
+    assert details["RetryInfo"].retry_delay.nanos == 400_000_000
+    assert not err.breaker_failure  # Redis being down says nothing about OpenAI

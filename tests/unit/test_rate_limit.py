@@ -386,7 +386,9 @@ async def test_hook_wait_sleeps_then_tries_again() -> None:
 
 # --- config ----------------------------------------------------------------------------------
 def test_config_defaults_and_parsing() -> None:
-    assert RateLimitConfig() == RateLimitConfig(None, None, None, None, True, True, 100)
+    assert RateLimitConfig() == RateLimitConfig(
+        None, None, None, None, True, True, 100, None, "local", 0.25, 1
+    )
     cfg = RateLimitConfig.from_mapping(
         {
             "requests_per_minute": "500",
@@ -410,8 +412,47 @@ def test_config_defaults_and_parsing() -> None:
         ({"auto_adjust": "maybe"}, "rate_limit.auto_adjust"),
         ({"max_queue_size": "-1"}, "rate_limit.max_queue_size"),
         ({"rpm": "10"}, "rate_limit.rpm"),
+        ({"redis_failure": "open"}, "rate_limit.redis_failure"),
+        ({"redis_timeout": "0"}, "rate_limit.redis_timeout"),
+        ({"replicas_hint": "0"}, "rate_limit.replicas_hint"),
+        ({"redis_url": "http://redis:6379"}, "rate_limit.redis_url"),
     ],
 )
 def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
         RateLimitConfig.from_mapping(data)
+
+
+def test_shared_mode_settings_and_tenant_limits() -> None:
+    cfg = RateLimitConfig.from_mapping(
+        {
+            "requests_per_minute": "900",
+            "tokens_per_day": "1000",
+            "redis_url": "redis://:hunter2@redis:6379/1",
+            "redis_failure": "Closed",
+            "redis_timeout": "50ms",
+            "replicas_hint": "4",
+        }
+    )
+    assert (cfg.redis_failure, cfg.redis_timeout, cfg.replicas_hint) == ("closed", 0.05, 4)
+    assert "hunter2" not in repr(cfg)  # the URL may hold Redis's password
+    # The `local` fallback: each of 4 processes holds a quarter, never less than 1.
+    share = cfg.divided(4)
+    assert (share.requests_per_minute, share.tokens_per_day) == (225, 250)
+    assert cfg.divided(5000).tokens_per_day == 1
+    # A tenant's own limits replace the global ones key by key.
+    mine = cfg.for_tenant({"requests_per_minute": 10, "tokens_per_minute": "unlimited"})
+    assert (mine.requests_per_minute, mine.tokens_per_minute, mine.tokens_per_day) == (10, None, 1000)
+    with pytest.raises(ValueError, match="unknown limit"):
+        cfg.for_tenant({"rpm": 10})
+
+
+async def test_tenants_get_their_own_limits_in_process() -> None:
+    clock = FakeClock()
+    base = RateLimitConfig(requests_per_minute=100, queue_requests=False)
+    lim = RateLimiter(base, clock=clock, tenants={"small": base.for_tenant({"requests_per_minute": 1})})
+    await lim.acquire(op(credential="small"))
+    with pytest.raises(errors.TooManyRequests):
+        await lim.acquire(op(credential="small"))
+    for _ in range(5):
+        await lim.acquire(op(credential="other"))

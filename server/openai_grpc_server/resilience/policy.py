@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from openai_grpc_server import errors
 
@@ -26,6 +26,9 @@ from .breaker import BreakerConfig, BreakerRegistry, CircuitBreakerHook, Circuit
 from .clock import Clock, MonotonicClock, call_hook, notify
 from .rate_limit import RateLimitConfig, RateLimiter, RateLimitHook, RateLimitType, Reservation
 from .retry import RetryConfig, RetryDecision, RetryHook, RetryPolicy, Verdict
+
+if TYPE_CHECKING:
+    from .shared_limit import SharedRateLimiter
 
 __all__ = ["Attempt", "NullObserver", "Operation", "ResilienceObserver", "ResiliencePolicy"]
 
@@ -75,6 +78,18 @@ class ResilienceObserver(Protocol):
         """A breaker was created ("closed") or changed state ("open", "half_open", "closed")."""
         return
 
+    def on_rate_limit_decision(self, op: Operation, outcome: str, limit_type: str) -> None:
+        """An acquire was "admitted", "queued" (waits for capacity) or "rejected" by `limit_type`."""
+        return
+
+    def on_limiter_round_trip(self, seconds: float) -> None:
+        """One call to the shared limiter's Redis took `seconds`."""
+        return
+
+    def on_limiter_store(self, state: str) -> None:
+        """The shared limiter is "shared" (on Redis), or Redis is away: "local" or "closed"."""
+        return
+
 
 class NullObserver(ResilienceObserver):
     pass
@@ -93,14 +108,35 @@ class ResiliencePolicy:
         breaker_hook: CircuitBreakerHook | None = None,
         observer: ResilienceObserver | None = None,
         rng: random.Random | None = None,
+        tenant_limits: Mapping[str, RateLimitConfig] | None = None,
     ) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.observer: ResilienceObserver = observer or NullObserver()
         self.retry = RetryPolicy(retry, rng=rng)
         self._retry_hook = retry_hook
-        self.limiter = RateLimiter(
-            rate_limit, clock=self.clock, hook=rate_limit_hook, on_limited=self.observer.on_rate_limited
-        )
+        self.limiter: RateLimiter | SharedRateLimiter
+        if rate_limit.redis_url:
+            from .shared_limit import SharedRateLimiter  # noqa: PLC0415 - redis only when configured
+
+            self.limiter = SharedRateLimiter(
+                rate_limit,
+                clock=self.clock,
+                hook=rate_limit_hook,
+                on_limited=self.observer.on_rate_limited,
+                on_decision=self.observer.on_rate_limit_decision,
+                on_round_trip=self.observer.on_limiter_round_trip,
+                on_store_state=self.observer.on_limiter_store,
+                tenants=tenant_limits,
+            )
+        else:
+            self.limiter = RateLimiter(
+                rate_limit,
+                clock=self.clock,
+                hook=rate_limit_hook,
+                on_limited=self.observer.on_rate_limited,
+                on_decision=self.observer.on_rate_limit_decision,
+                tenants=tenant_limits,
+            )
         self.breakers = BreakerRegistry(
             breaker, clock=self.clock, hook=breaker_hook, on_state=self.observer.on_breaker_state
         )
@@ -221,6 +257,11 @@ class ResiliencePolicy:
         """Report a failure found after `execute` returned (a stream cut mid-way)."""
         self.breakers.get(op.endpoint).record(error)
 
+    async def start(self) -> None:
+        """Prepare what needs the event loop (the shared limiter's Redis connection)."""
+        await self.limiter.start()
+
     async def aclose(self) -> None:
-        """Stop background timers (breaker recovery); call on server shutdown."""
+        """Stop background timers (breaker recovery, Redis probe); call on server shutdown."""
         await self.breakers.aclose()
+        await self.limiter.aclose()

@@ -19,6 +19,10 @@ overtakes an earlier large one, or large requests would starve. It is rejected w
 `errors.TooManyRequests` (retry_after = when its capacity returns, metadata `limit_type`) when
 the queue is full, when queueing is off, or when its wait would outlive the call's deadline:
 failing fast leaves the caller its remaining time to act.
+
+A tenant may have its own limits (tenants file `limits:`, `RateLimitConfig.for_tenant`). These
+buckets live in this process; with `rate_limit.redis_url` the same semantics hold cluster-wide
+(`shared_limit.SharedRateLimiter`), and this limiter becomes its fallback while Redis is away.
 """
 
 from __future__ import annotations
@@ -34,7 +38,16 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 from openai_grpc_server import errors
 
 from .clock import Clock, MonotonicClock, call_hook, fire_hook, notify
-from .retry import check, coerce_bool, coerce_int, coerce_mapping, coerce_optional_int, header, parse_duration
+from .retry import (
+    check,
+    coerce_bool,
+    coerce_int,
+    coerce_mapping,
+    coerce_optional_int,
+    coerce_seconds,
+    header,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from .policy import Operation
@@ -81,6 +94,12 @@ class RateLimitConfig:
     auto_adjust: bool = True
     queue_requests: bool = True
     max_queue_size: int = 100
+    # Shared buckets (resilience/shared_limit.py): every process and pod with the same Redis
+    # shares them. The URL may hold a password: kept out of repr and logs.
+    redis_url: str | None = dataclasses.field(default=None, repr=False)
+    redis_failure: Literal["local", "closed"] = "local"
+    redis_timeout: float = 0.25  # per Redis call (event-loop lag included); a deadline can shorten it
+    replicas_hint: int = 1  # processes sharing the limits: the `local` fallback gets limit / this
 
     def __post_init__(self) -> None:
         for kind in _WINDOW_SECONDS:
@@ -96,6 +115,22 @@ class RateLimitConfig:
             "rate_limit",
             "max_queue_size",
             f"must be >= 0, got {self.max_queue_size}",
+        )
+        check(
+            self.redis_failure in ("local", "closed"),
+            "rate_limit",
+            "redis_failure",
+            f"must be 'local' or 'closed', got {self.redis_failure!r}",
+        )
+        check(self.redis_timeout > 0, "rate_limit", "redis_timeout", f"must be > 0, got {self.redis_timeout}")
+        check(
+            self.replicas_hint >= 1, "rate_limit", "replicas_hint", f"must be >= 1, got {self.replicas_hint}"
+        )
+        check(
+            not self.redis_url or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+            "rate_limit",
+            "redis_url",
+            "must be a redis://, rediss:// or unix:// URL",
         )
 
     @classmethod
@@ -114,6 +149,10 @@ class RateLimitConfig:
                     "auto_adjust": coerce_bool,
                     "queue_requests": coerce_bool,
                     "max_queue_size": coerce_int,
+                    "redis_url": _coerce_optional_str,
+                    "redis_failure": _coerce_lower,
+                    "redis_timeout": coerce_seconds,
+                    "replicas_hint": coerce_int,
                 },
             )
         )
@@ -121,6 +160,39 @@ class RateLimitConfig:
     def limit(self, kind: RateLimitType) -> int | None:
         value: int | None = getattr(self, kind.value)
         return value
+
+    def has_limits(self) -> bool:
+        return any(self.limit(kind) is not None for kind in _WINDOW_SECONDS)
+
+    def for_tenant(self, limits: Mapping[str, Any]) -> RateLimitConfig:
+        """This config with a tenant's own limits (tenants file `limits:`) in place of the global ones."""
+        unknown = sorted(set(limits) - {kind.value for kind in _WINDOW_SECONDS})
+        check(not unknown, "limits", ",".join(unknown), "unknown limit (known: " + _KINDS_TEXT + ")")
+        own: dict[str, Any] = {k: coerce_optional_int("limits", k, v) for k, v in limits.items()}
+        return dataclasses.replace(self, **own)
+
+    def divided(self, replicas: int) -> RateLimitConfig:
+        """Each of `replicas` processes' share of the limits (the fallback when Redis is down)."""
+        if replicas <= 1:
+            return self
+        share: dict[str, Any] = {
+            kind.value: max(1, limit // replicas)
+            for kind in _WINDOW_SECONDS
+            if (limit := self.limit(kind)) is not None
+        }
+        return dataclasses.replace(self, **share)
+
+
+_KINDS_TEXT = ", ".join(kind.value for kind in _WINDOW_SECONDS)
+
+
+def _coerce_optional_str(section: str, key: str, value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _coerce_lower(section: str, key: str, value: Any) -> str:
+    return str(value).strip().lower()
 
 
 # --- upstream headers ------------------------------------------------------------------------
@@ -245,17 +317,48 @@ class _Waiter:
     costs: dict[RateLimitType, float]
 
 
-class _CredentialLimiter:
+class WaitLine:
+    """A credential's FIFO of waiting calls and the signal that wakes them (in process and,
+    for the shared limiter, this process's line in front of Redis)."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[Any] = collections.deque()
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake every queued waiter so it re-evaluates (the head may now fit)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, clock: Clock, limit: float | None) -> None:
+        """Until the buckets or the queue change, or `limit` seconds pass on `clock` (an
+        injectable clock, hence no `asyncio.timeout`)."""
+        event = self._changed
+        if limit is None:
+            await event.wait()
+            return
+        if limit <= 0:
+            await asyncio.sleep(0)
+            return
+        changed = asyncio.ensure_future(event.wait())
+        timer = asyncio.ensure_future(clock.sleep(limit))
+        try:
+            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            timer.cancel()
+
+
+class _CredentialLimiter(WaitLine):
     """The buckets and the wait queue of one credential."""
 
     def __init__(self, config: RateLimitConfig, now: float) -> None:
+        super().__init__()
         self.buckets: dict[RateLimitType, _Bucket] = {}
         for kind, window in _WINDOW_SECONDS.items():
             limit = config.limit(kind)
             if limit is not None:
                 self.buckets[kind] = _Bucket(kind, limit, limit / window, limit, now, float(limit))
-        self.queue: collections.deque[_Waiter] = collections.deque()
-        self._changed = asyncio.Event()
 
     def costs(self, token_estimate: int) -> dict[RateLimitType, float]:
         return {kind: float(max(0, token_estimate)) if kind in _TOKEN_KINDS else 1.0 for kind in self.buckets}
@@ -338,28 +441,36 @@ class _CredentialLimiter:
                 bucket.level = min(bucket.level, -reset * bucket.rate)
         self.notify()
 
-    def notify(self) -> None:
-        """Wake every queued waiter so it re-evaluates (the head may now fit)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
 
-    async def wait_change(self, clock: Clock, limit: float | None) -> None:
-        """Until the buckets or the queue change, or `limit` seconds pass on `clock` (an
-        injectable clock, hence no `asyncio.timeout`)."""
-        event = self._changed
-        if limit is None:
-            await event.wait()
-            return
-        if limit <= 0:
-            await asyncio.sleep(0)
-            return
-        changed = asyncio.ensure_future(event.wait())
-        timer = asyncio.ensure_future(clock.sleep(limit))
-        try:
-            await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            timer.cancel()
+# --- shared with the Redis limiter -------------------------------------------------------------
+def too_large(kind: RateLimitType, cost: float, capacity: float) -> errors.TokenLimitExceeded:
+    """A request bigger than a whole bucket: it can never be sent."""
+    return errors.TokenLimitExceeded(
+        f"the request needs {cost:.0f} from the {kind.value} limit, which only allows "
+        f"{capacity:.0f}; it can never be sent, shorten it or lower max tokens",
+        metadata={"limit_type": kind.value, "limit": f"{capacity:.0f}"},
+    )
+
+
+def too_many(kind: RateLimitType, capacity: float | None, wait: float, why: str) -> errors.TooManyRequests:
+    """No capacity in time: RESOURCE_EXHAUSTED with RetryInfo = when it returns."""
+    return errors.TooManyRequests(
+        f"local rate limit {kind.value} reached for this credential: {why}; capacity returns in {wait:.3g} s",
+        retry_after=max(0.0, wait),
+        metadata={"limit_type": kind.value, "limit": f"{capacity:.0f}" if capacity is not None else ""},
+    )
+
+
+def decide(
+    observer: Callable[[Operation, str, str], None] | None, op: Operation, outcome: str, kind: str
+) -> None:
+    """Tell telemetry an acquire was admitted, queued or rejected (and by which limit)."""
+    if observer is not None:
+        notify(observer, op, outcome, kind)
+
+
+class _Refundable(Protocol):
+    def give_back(self, amounts: Mapping[RateLimitType, float], now: float) -> None: ...
 
 
 # --- reservations ----------------------------------------------------------------------------
@@ -369,7 +480,7 @@ class Reservation:
 
     def __init__(
         self,
-        limiter: _CredentialLimiter | None,
+        limiter: _Refundable | None,
         taken: Mapping[RateLimitType, float],
         clock: Clock,
         token_estimate: int,
@@ -418,18 +529,23 @@ class RateLimiter:
         clock: Clock | None = None,
         hook: RateLimitHook | None = None,
         on_limited: Callable[[Operation, str], None] | None = None,
+        on_decision: Callable[[Operation, str, str], None] | None = None,
+        tenants: Mapping[str, RateLimitConfig] | None = None,
     ) -> None:
         self.config = config or RateLimitConfig()
         self._clock = clock or MonotonicClock()
         self._hook = hook
         self._on_limited = on_limited
+        self._on_decision = on_decision
+        self._tenants = dict(tenants or {})  # credential name -> its own limits
         self._limiters: dict[str, _CredentialLimiter] = {}
-        self._has_limits = any(self.config.limit(kind) is not None for kind in _WINDOW_SECONDS)
+        self._has_limits = self.config.has_limits() or any(c.has_limits() for c in self._tenants.values())
 
     def _limiter_for(self, credential: str, *, create: bool) -> _CredentialLimiter | None:
         limiter = self._limiters.get(credential)
         if limiter is None and (create or self._has_limits):
-            limiter = self._limiters[credential] = _CredentialLimiter(self.config, self._clock.now())
+            config = self._tenants.get(credential, self.config)
+            limiter = self._limiters[credential] = _CredentialLimiter(config, self._clock.now())
         return limiter
 
     def levels(self, credential: str) -> dict[str, float]:
@@ -453,6 +569,15 @@ class RateLimiter:
         limiter = self._limiter_for(op.credential, create=False)
         if limiter is None or not limiter.buckets:
             return Reservation(None, {}, self._clock, op.token_estimate)
+        try:
+            reservation = await self._acquire(op, limiter)
+        except errors.RateLimitError as err:
+            decide(self._on_decision, op, "rejected", err.metadata.get("limit_type", ""))
+            raise
+        decide(self._on_decision, op, "admitted", "")
+        return reservation
+
+    async def _acquire(self, op: Operation, limiter: _CredentialLimiter) -> Reservation:
         costs = limiter.costs(op.token_estimate)
         while True:
             self._check_size(limiter, costs)
@@ -487,6 +612,7 @@ class RateLimiter:
     ) -> Reservation:
         waiter = _Waiter(costs)
         limiter.queue.append(waiter)
+        decide(self._on_decision, op, "queued", limiter.estimate(costs, [], self._clock.now())[1].value)
         try:
             while True:
                 self._check_size(limiter, costs)
@@ -513,24 +639,19 @@ class RateLimiter:
     def _check_size(self, limiter: _CredentialLimiter, costs: Mapping[RateLimitType, float]) -> None:
         bucket = limiter.too_large(costs)
         if bucket is not None:
-            raise errors.TokenLimitExceeded(
-                f"the request needs {costs[bucket.kind]:.0f} from the {bucket.kind.value} limit, "
-                f"which only allows {bucket.capacity:.0f}; it can never be sent, shorten it or "
-                "lower max tokens",
-                metadata={"limit_type": bucket.kind.value, "limit": f"{bucket.capacity:.0f}"},
-            )
+            raise too_large(bucket.kind, costs[bucket.kind], bucket.capacity)
 
     def _reject(
         self, limiter: _CredentialLimiter, kind: RateLimitType, wait: float, why: str
     ) -> errors.TooManyRequests:
         bucket = limiter.buckets.get(kind)
-        limit = f"{bucket.capacity:.0f}" if bucket is not None else ""
-        return errors.TooManyRequests(
-            f"local rate limit {kind.value} reached for this credential: {why}; "
-            f"capacity returns in {wait:.3g} s",
-            retry_after=max(0.0, wait),
-            metadata={"limit_type": kind.value, "limit": limit},
-        )
+        return too_many(kind, bucket.capacity if bucket is not None else None, wait, why)
+
+    async def start(self) -> None:
+        """Nothing to prepare in process (the shared limiter connects to Redis)."""
+
+    async def aclose(self) -> None:
+        """Nothing to release in process (the shared limiter closes its Redis client)."""
 
     def observe_headers(self, op: Operation, headers: Mapping[str, str]) -> RateLimitHeaders | None:
         """Feed an upstream answer's `x-ratelimit-*` headers (success or error) to the buckets."""
