@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -182,7 +183,9 @@ async def start(
     services = sorted({r.service for r in table})
     if settings.reflection:
         reflected = [*services, health.SERVICE_NAME]
-        reflection.add_to_server(server, reflected, extra_files=[health_pb2.DESCRIPTOR])
+        # The error details every failure carries: grpcurl decodes them through reflection.
+        details = [error_details_pb2.DESCRIPTOR, status_pb2.DESCRIPTOR]
+        reflection.add_to_server(server, reflected, extra_files=[health_pb2.DESCRIPTOR, *details])
     address = f"{settings.host}:{settings.port}"
     creds = _credentials(settings)
     try:

@@ -175,7 +175,10 @@ class ReflectionServicer:
             ext = request.file_containing_extension
             file = index.extensions.get(ext.containing_type, {}).get(ext.extension_number)
         elif kind == "all_extension_numbers_of_type":
-            numbers = index.extensions.get(request.all_extension_numbers_of_type)
+            # A known message without extensions has none (an empty answer, as grpc-go's server
+            # gives): NOT_FOUND here makes grpcurl give up decoding `Any` error details.
+            known = request.all_extension_numbers_of_type in index.symbols
+            numbers = index.extensions.get(request.all_extension_numbers_of_type, {} if known else None)
             if numbers is not None:
                 return Response(
                     original_request=request,

@@ -71,3 +71,20 @@ async def test_reflection_describes_itself_and_health(gateway: Gateway) -> None:
     assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"
     assert "grpc_health/v1/health.proto" in _files(health)
     assert 72295728 in ext.all_extension_numbers_response.extension_number  # google.api.http
+
+
+async def test_error_detail_types_resolve_for_grpcurl(gateway: Gateway) -> None:
+    """grpcurl decodes a failure's `Any` details through reflection: it looks the type up, then
+    asks for its extensions, and gives up on any error, so a known type without extensions must
+    answer an empty list (as grpc-go's server does), and only an unknown type NOT_FOUND."""
+    found, numbers, unknown = await _ask(
+        gateway,
+        "grpc.reflection.v1.ServerReflection",
+        pb.ServerReflectionRequest(file_containing_symbol="google.rpc.ErrorInfo"),
+        pb.ServerReflectionRequest(all_extension_numbers_of_type="google.rpc.BadRequest"),
+        pb.ServerReflectionRequest(all_extension_numbers_of_type="no.such.Type"),
+    )
+    assert "google/rpc/error_details.proto" in _files(found)
+    assert numbers.WhichOneof("message_response") == "all_extension_numbers_response"
+    assert list(numbers.all_extension_numbers_response.extension_number) == []
+    assert unknown.error_response.error_code == 5  # NOT_FOUND
