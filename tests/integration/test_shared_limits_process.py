@@ -60,6 +60,10 @@ class Replica:
     proc: asyncio.subprocess.Process
     port: int
     channel: grpc.aio.Channel
+    # stderr read as it comes: the access log writes a line per RPC, and a full pipe would
+    # block the gateway (it could then never exit).
+    stderr: bytearray = dataclasses.field(default_factory=bytearray)
+    drain: asyncio.Task[None] | None = None
 
     def call(self, rpc: str, body: dict[str, Any], token: str | None = None, timeout: float = 20) -> Any:
         route = ROUTES[rpc]
@@ -101,7 +105,9 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert b"listening" in line, line
-            started.append(Replica(proc, port, grpc.aio.insecure_channel(f"127.0.0.1:{port}")))
+            replica = Replica(proc, port, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            replica.drain = asyncio.ensure_future(_drain(proc, replica.stderr))
+            started.append(replica)
         yield started
     finally:
         for r in started:
@@ -109,11 +115,21 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
             r.proc.send_signal(signal.SIGTERM)
         for r in started:
             await asyncio.wait_for(r.proc.wait(), 30)
+            if r.drain is not None:
+                await asyncio.wait_for(r.drain, 30)
+
+
+async def _drain(proc: asyncio.subprocess.Process, into: bytearray) -> None:
+    assert proc.stderr is not None
+    while chunk := await proc.stderr.read(65536):
+        into += chunk
 
 
 async def logs_of(replica: Replica) -> str:
-    assert replica.proc.stderr is not None
-    return (await replica.proc.stderr.read()).decode()
+    """Everything the replica wrote to stderr (once it has exited)."""
+    if replica.drain is not None:
+        await replica.drain
+    return replica.stderr.decode()
 
 
 def error_reason(err: grpc.aio.AioRpcError) -> str | None:
