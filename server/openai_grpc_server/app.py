@@ -15,9 +15,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from openai_grpc_server import jsonlib, processes, reflection, routes
+from openai_grpc_server.call import Context, deserializer
 from openai_grpc_server.config import ConfigError, Settings
 from openai_grpc_server.errors import GatewayOverloaded
-from openai_grpc_server.gateway import Context, Gateway, deserializer
+from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import ResiliencePolicy
 from openai_grpc_server.routes import Kind, Route
 from openai_grpc_server.services.streams import relay_binary, relay_events

@@ -35,7 +35,7 @@ from openai_grpc_server.errors import OpenAIError, redact
 from openai_grpc_server.routes import Route
 
 if TYPE_CHECKING:
-    from openai_grpc_server.gateway import Call
+    from openai_grpc_server.call import Call
 
 log = logging.getLogger("openai_grpc")
 access_log = logging.getLogger("openai_grpc.access")

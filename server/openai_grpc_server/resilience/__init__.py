@@ -14,7 +14,8 @@ from .breaker import (
     RequestOutcome,
 )
 from .clock import Clock, FakeClock, MonotonicClock
-from .policy import Attempt, NullObserver, Operation, ResilienceObserver, ResiliencePolicy
+from .operation import Attempt, Operation
+from .policy import NullObserver, ResilienceObserver, ResiliencePolicy
 from .rate_limit import (
     RateLimitConfig,
     RateLimitDecision,

@@ -40,7 +40,7 @@ from .clock import Clock, MonotonicClock, fire_hook, notify
 from .retry import check, coerce_bool, coerce_int, coerce_mapping, coerce_seconds
 
 if TYPE_CHECKING:
-    from .policy import Operation
+    from .operation import Operation
 
 __all__ = [
     "GLOBAL_BREAKER",

@@ -50,7 +50,7 @@ from .retry import (
 )
 
 if TYPE_CHECKING:
-    from .policy import Operation
+    from .operation import Operation
 
 __all__ = [
     "RateLimitConfig",

@@ -22,6 +22,14 @@ from google.protobuf.message import Message
 from opentelemetry.trace import Span
 
 from openai_grpc_server import codec, jsonlib, routes, validation
+from openai_grpc_server.call import (
+    Call,
+    Context,
+    Undecodable,
+    ensure_decoded,
+    total_tokens,
+    usage_of,
+)
 from openai_grpc_server.errors import (
     DeserializationError,
     InvalidContentType,
@@ -31,15 +39,7 @@ from openai_grpc_server.errors import (
     classify_exception,
     classify_stream_error,
 )
-from openai_grpc_server.gateway import (
-    Call,
-    Context,
-    Gateway,
-    Undecodable,
-    ensure_decoded,
-    total_tokens,
-    usage_of,
-)
+from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import Attempt, Reservation
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.client import forwarded_metadata

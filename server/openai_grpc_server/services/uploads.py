@@ -18,17 +18,17 @@ from typing import Any
 from google.protobuf.message import Message
 
 from openai_grpc_server import codec, validation
-from openai_grpc_server.errors import MalformedRequest
-from openai_grpc_server.gateway import (
+from openai_grpc_server.call import (
     Call,
     Context,
-    Gateway,
     Undecodable,
     decode_answer,
     ensure_decoded,
     total_tokens,
     usage_of,
 )
+from openai_grpc_server.errors import MalformedRequest
+from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import QUERY_LIST_SUFFIX, Route, flatten
 from openai_grpc_server.upstream.client import forwarded_metadata
