@@ -30,6 +30,7 @@ from openai_grpc_server.resilience import (
     ResiliencePolicy,
     RetryConfig,
 )
+from openai_grpc_server.upstream import classify
 
 OP = Operation("POST /chat/completions", "tenant-a")
 
@@ -52,7 +53,7 @@ def non_utc_tz(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def http_error(status: int) -> errors.OpenAIError:
-    return errors.classify_response(status, {}, orjson.dumps({"error": {"message": f"HTTP {status}"}}))
+    return classify.classify_response(status, {}, orjson.dumps({"error": {"message": f"HTTP {status}"}}))
 
 
 class StateLog(NullObserver):
@@ -131,7 +132,7 @@ async def test_4xx_never_opens_it(breaker: CircuitBreaker, status: int) -> None:
 
 
 async def test_quota_and_local_errors_never_open_it(breaker: CircuitBreaker) -> None:
-    quota = errors.classify_response(
+    quota = classify.classify_response(
         429, {}, orjson.dumps({"error": {"message": "quota", "code": "insufficient_quota"}})
     )
     for err in (quota, errors.TooManyRequests("local"), errors.ValidationError("bad")):
@@ -145,8 +146,8 @@ async def test_quota_and_local_errors_never_open_it(breaker: CircuitBreaker) -> 
         http_error(500),
         http_error(502),
         http_error(504),
-        errors.classify_exception(httpx.ConnectError("refused")),
-        errors.classify_exception(httpx.ReadTimeout("slow")),
+        classify.classify_exception(httpx.ConnectError("refused")),
+        classify.classify_exception(httpx.ReadTimeout("slow")),
         errors.StreamInterrupted("cut"),
     ],
     ids=lambda e: type(e).__name__,

@@ -21,12 +21,13 @@ from openai_grpc_server.resilience import (
     ResiliencePolicy,
     RetryConfig,
 )
+from openai_grpc_server.upstream import classify
 
 OP = Operation("POST /chat/completions", "tenant-a", token_estimate=100)
 
 
 def http_error(status: int, headers: dict[str, str] | None = None) -> errors.OpenAIError:
-    return errors.classify_response(
+    return classify.classify_response(
         status, headers or {}, orjson.dumps({"error": {"message": f"HTTP {status}"}})
     )
 

@@ -28,6 +28,7 @@ from openai_grpc_server.resilience import (
     Verdict,
     parse_duration,
 )
+from openai_grpc_server.upstream import classify
 
 OP = Operation(endpoint="POST /chat/completions", credential="tenant-a")
 
@@ -39,7 +40,7 @@ def upstream(
     message: str = "upstream says no",
 ) -> errors.OpenAIError:
     body = orjson.dumps({"error": {"message": message, "type": code, "code": code}})
-    return errors.classify_response(status, headers or {}, body)
+    return classify.classify_response(status, headers or {}, body)
 
 
 class Recorder(NullObserver):
@@ -222,9 +223,9 @@ def test_quota_exhaustion_is_classified_and_refused() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        errors.classify_exception(httpx.ConnectError("connection refused")),
-        errors.classify_exception(httpx.ReadTimeout("slow")),
-        errors.classify_exception(httpx.RemoteProtocolError("peer closed connection")),
+        classify.classify_exception(httpx.ConnectError("connection refused")),
+        classify.classify_exception(httpx.ReadTimeout("slow")),
+        classify.classify_exception(httpx.RemoteProtocolError("peer closed connection")),
         errors.StreamInterrupted("stream ended before [DONE]"),
         upstream(408),
         upstream(409),

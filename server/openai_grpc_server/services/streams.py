@@ -36,12 +36,11 @@ from openai_grpc_server.errors import (
     OpenAIError,
     ResponseTooLarge,
     StreamInterrupted,
-    classify_exception,
-    classify_stream_error,
 )
 from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import Attempt, Reservation
 from openai_grpc_server.routes import Route
+from openai_grpc_server.upstream.classify import classify_exception, classify_stream_error
 from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
 
