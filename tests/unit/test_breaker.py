@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 from openai_grpc_server import errors
+from openai_grpc_server.config import breaker_config
 from openai_grpc_server.resilience import (
     Attempt,
     BreakerConfig,
@@ -380,7 +381,7 @@ async def test_works_without_a_running_loop_timer(breaker: CircuitBreaker, clock
 
 def test_config_defaults_and_parsing() -> None:
     assert BreakerConfig() == BreakerConfig(5, 3, 60.0, 30.0, False)
-    assert BreakerConfig.from_mapping(
+    assert breaker_config(
         {
             "failure_threshold": "10",
             "success_threshold": 1,
@@ -404,4 +405,4 @@ def test_config_defaults_and_parsing() -> None:
 )
 def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
-        BreakerConfig.from_mapping(data)
+        breaker_config(data)

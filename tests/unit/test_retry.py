@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from openai_grpc_server import errors
+from openai_grpc_server.config import retry_config
 from openai_grpc_server.resilience import (
     Attempt,
     BreakerConfig,
@@ -406,7 +407,7 @@ def test_config_defaults_match_the_seed() -> None:
 
 
 def test_config_from_strings() -> None:
-    cfg = RetryConfig.from_mapping(
+    cfg = retry_config(
         {
             "max_retries": "5",
             "initial_backoff": "250ms",
@@ -417,7 +418,7 @@ def test_config_from_strings() -> None:
         }
     )
     assert cfg == RetryConfig(5, 0.25, 60.0, 1.5, 0.2, (429, 500, 503))
-    assert RetryConfig.from_mapping({"retryable_status_codes": [502, "504"]}).retryable_status_codes == (
+    assert retry_config({"retryable_status_codes": [502, "504"]}).retryable_status_codes == (
         502,
         504,
     )
@@ -438,7 +439,7 @@ def test_config_from_strings() -> None:
 )
 def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
-        RetryConfig.from_mapping(data)
+        retry_config(data)
 
 
 @pytest.mark.parametrize(

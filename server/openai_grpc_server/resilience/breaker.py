@@ -27,17 +27,17 @@ import asyncio
 import collections
 import dataclasses
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiobreaker  # type: ignore[import-untyped, unused-ignore]
 from aiobreaker.storage.memory import CircuitMemoryStorage  # type: ignore[import-untyped, unused-ignore]
 
 from openai_grpc_server import errors
+from openai_grpc_server.coerce import check
 
 from .clock import Clock, MonotonicClock, fire_hook, notify
-from .retry import check, coerce_bool, coerce_int, coerce_mapping, coerce_seconds
 
 if TYPE_CHECKING:
     from .operation import Operation
@@ -116,24 +116,6 @@ class BreakerConfig:
             s,
             "recovery_timeout",
             f"must be > 0 seconds, got {self.recovery_timeout}",
-        )
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
-        """Build from env/file values: numbers or strings ("5", "30s", "true")."""
-        return cls(
-            **coerce_mapping(
-                "breaker",
-                cls,
-                data,
-                {
-                    "failure_threshold": coerce_int,
-                    "success_threshold": coerce_int,
-                    "failure_window": coerce_seconds,
-                    "recovery_timeout": coerce_seconds,
-                    "per_endpoint": coerce_bool,
-                },
-            )
         )
 
 

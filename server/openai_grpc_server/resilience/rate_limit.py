@@ -33,21 +33,13 @@ import dataclasses
 import enum
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from openai_grpc_server import errors
+from openai_grpc_server.coerce import check, coerce_optional_int, parse_duration
 
 from .clock import Clock, MonotonicClock, call_hook, fire_hook, notify
-from .retry import (
-    check,
-    coerce_bool,
-    coerce_int,
-    coerce_mapping,
-    coerce_optional_int,
-    coerce_seconds,
-    header,
-    parse_duration,
-)
+from .retry import header
 
 if TYPE_CHECKING:
     from .operation import Operation
@@ -133,30 +125,6 @@ class RateLimitConfig:
             "must be a redis://, rediss:// or unix:// URL",
         )
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
-        """Build from env/file values; "", "none" or "unlimited" leave a limit off."""
-        return cls(
-            **coerce_mapping(
-                "rate_limit",
-                cls,
-                data,
-                {
-                    "requests_per_minute": coerce_optional_int,
-                    "tokens_per_minute": coerce_optional_int,
-                    "requests_per_day": coerce_optional_int,
-                    "tokens_per_day": coerce_optional_int,
-                    "auto_adjust": coerce_bool,
-                    "queue_requests": coerce_bool,
-                    "max_queue_size": coerce_int,
-                    "redis_url": _coerce_optional_str,
-                    "redis_failure": _coerce_lower,
-                    "redis_timeout": coerce_seconds,
-                    "replicas_hint": coerce_int,
-                },
-            )
-        )
-
     def limit(self, kind: RateLimitType) -> int | None:
         value: int | None = getattr(self, kind.value)
         return value
@@ -184,15 +152,6 @@ class RateLimitConfig:
 
 
 _KINDS_TEXT = ", ".join(kind.value for kind in _WINDOW_SECONDS)
-
-
-def _coerce_optional_str(section: str, key: str, value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
-
-
-def _coerce_lower(section: str, key: str, value: Any) -> str:
-    return str(value).strip().lower()
 
 
 # --- upstream headers ------------------------------------------------------------------------
