@@ -1,4 +1,4 @@
-"""The aiobreaker wrapper (seed 9.3): every test runs with a non-UTC local time zone, because
+"""The aiobreaker wrapper: every test runs with a non-UTC local time zone, because
 aiobreaker 1.2.0 mixes UTC and local time and is only right when TZ=UTC."""
 
 from __future__ import annotations

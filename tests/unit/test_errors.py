@@ -1,4 +1,4 @@
-"""The error taxonomy (errors.py) and its `google.rpc.Status` form (status.py), DESIGN.md section 5.
+"""The error taxonomy (errors.py) and its `google.rpc.Status` form (status.py).
 
 Upstream answers are classified by HTTP status, refined by OpenAI's `error.code` / `error.type`
 and by the operation; transport exceptions by their type. Every status carries an ErrorInfo

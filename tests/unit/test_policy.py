@@ -1,4 +1,4 @@
-"""ResiliencePolicy.execute: order per attempt, reservations, cancellation (DESIGN.md section 6)."""
+"""ResiliencePolicy.execute: order per attempt, reservations, cancellation (see docs/architecture.md)."""
 
 from __future__ import annotations
 

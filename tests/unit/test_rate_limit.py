@@ -1,4 +1,4 @@
-"""Per-credential token buckets, reserve/settle, header adjustment and the FIFO queue (seed 9.2)."""
+"""Per-credential token buckets, reserve/settle, header adjustment and the FIFO queue."""
 
 from __future__ import annotations
 

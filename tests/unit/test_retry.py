@@ -1,4 +1,4 @@
-"""Retry decisions and the retry loop of ResiliencePolicy (seed 9.1, DESIGN.md section 6)."""
+"""Retry decisions and the retry loop of ResiliencePolicy."""
 
 from __future__ import annotations
 

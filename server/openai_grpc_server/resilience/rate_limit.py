@@ -1,4 +1,4 @@
-"""Local rate limiting (seed 9.2): token buckets per credential, a reserve/settle cycle, and a
+"""Local rate limiting: token buckets per credential, a reserve/settle cycle, and a
 bounded FIFO wait queue limited by the caller's deadline.
 
 Each credential (tenant) has up to four buckets: requests and tokens per minute and per day.
@@ -77,7 +77,7 @@ _TOKEN_KINDS = frozenset({RateLimitType.TOKENS_PER_MINUTE, RateLimitType.TOKENS_
 # --- config ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RateLimitConfig:
-    """Seed 9.2.1. A limit of None means unlimited (the default)."""
+    """The `rate_limit:` settings (read in config.py). A limit of None means unlimited (the default)."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -179,7 +179,7 @@ def _duration_header(headers: Mapping[str, str], name: str) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class RateLimitHeaders:
-    """Seed 9.2.2: OpenAI's `x-ratelimit-*` headers; resets in seconds."""
+    """OpenAI's `x-ratelimit-*` headers; resets in seconds."""
 
     limit_requests: int | None = None
     limit_tokens: int | None = None
@@ -202,7 +202,7 @@ class RateLimitHeaders:
         return None if parsed == cls() else parsed
 
 
-# --- hook (seed 9.2.2) -----------------------------------------------------------------------
+# --- hook ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RateLimitDecision:
     """What a `RateLimitHook` wants: `wait(delay)`, `queue()`, `reject()` or `default()`."""
@@ -230,9 +230,9 @@ class RateLimitDecision:
 
 
 class RateLimitHook(Protocol):
-    """Seed 9.2.2. Methods may be plain or `async`; subclass to inherit the no-op defaults.
+    """Methods may be plain or `async`; subclass to inherit the no-op defaults.
 
-    The seed's `request_id` is the `Operation` here (endpoint, credential, estimate, deadline).
+    The call is named by its `Operation` (endpoint, credential, estimate, deadline).
     `on_rate_limit` runs when a request cannot go at once: `wait(d)` sleeps d (never past the
     deadline) then tries again from the back of the line, `queue()` queues even when
     `queue_requests` is off (the queue bound and the deadline still apply), `reject()` fails now.

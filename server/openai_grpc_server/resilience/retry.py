@@ -1,4 +1,4 @@
-"""Retry decisions (seed 9.1): which failures to retry, and how long to wait before the next try.
+"""Retry decisions: which failures to retry, and how long to wait before the next try.
 
 This module is pure: it decides, `policy.py` sleeps. The decision for one failed attempt:
 
@@ -44,7 +44,7 @@ __all__ = [
 # --- config ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RetryConfig:
-    """Seed 9.1.1. Durations in seconds."""
+    """The `retry:` settings (read in config.py). Durations in seconds."""
 
     max_retries: int = 3
     initial_backoff: float = 0.5
@@ -76,7 +76,7 @@ class RetryConfig:
         object.__setattr__(self, "retryable_status_codes", tuple(sorted(set(self.retryable_status_codes))))
 
 
-# --- hook (seed 9.1.2) -----------------------------------------------------------------------
+# --- hook ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RetryDecision:
     """What a `RetryHook` wants: `retry(delay)`, `abort()` or `default()`."""
@@ -100,7 +100,7 @@ class RetryDecision:
 
 
 class RetryHook(Protocol):
-    """Seed 9.1.2. Methods may be plain or `async`; subclass to inherit the no-op defaults.
+    """Methods may be plain or `async`; subclass to inherit the no-op defaults.
 
     `on_retry` is consulted only when the policy would retry; it can change the delay or abort,
     but even its delay never sleeps past the caller's deadline. `attempt` is the number of the
