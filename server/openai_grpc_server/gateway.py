@@ -31,7 +31,7 @@ from openai_grpc_server.call import (
     usage_of,
 )
 from openai_grpc_server.errors import GatewayInternal, GatewayOverloaded, OpenAIError, redact
-from openai_grpc_server.resilience import Attempt, Operation, ResiliencePolicy
+from openai_grpc_server.resilience import Attempt, Operation, Reservation, ResiliencePolicy
 from openai_grpc_server.routes import Route
 from openai_grpc_server.telemetry import Telemetry
 from openai_grpc_server.upstream.client import JsonResponse, UpstreamClient, forwarded_metadata
@@ -148,6 +148,11 @@ class Gateway:
         if any(k.startswith("x-ratelimit-") for k, _ in forwarded):
             self.policy.observe_headers(call.op, dict(forwarded))
 
+    def settle(self, reservation: Reservation, call: Call, usage: Mapping[str, Any] | None) -> None:
+        """Settle the call's tokens with the answer's real usage; an answer without usage keeps
+        the estimate charged, whatever the kind of call (it was still paid for upstream)."""
+        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
+
     async def fail(
         self,
         context: Context,
@@ -220,7 +225,7 @@ class Gateway:
         self.observe(call, forwarded)
         self.telemetry.http_response(value.status, self.upstream, req.path, value.headers)
         usage = usage_of(value.body)
-        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
+        self.settle(reservation, call, usage)
         self.telemetry.response(call, value.body, usage)
         if unpack_embeddings:
             embeddings.restore(value.body)

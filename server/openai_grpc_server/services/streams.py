@@ -27,7 +27,6 @@ from openai_grpc_server.call import (
     Context,
     Undecodable,
     ensure_decoded,
-    total_tokens,
     usage_of,
 )
 from openai_grpc_server.errors import (
@@ -330,7 +329,7 @@ async def relay_events(
                 f"OpenAI ended the stream without finishing it, after {sent} messages",
                 metadata={"messagesDelivered": str(sent)},
             )
-        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
+        gw.settle(reservation, call, usage)
         gw.telemetry.response(call, usage_event, usage)
         gw.telemetry.request_done(route, call)
     except asyncio.CancelledError:
@@ -389,8 +388,11 @@ async def relay_binary(
 
         download, reservation = await gw.policy.execute(call.op, attempt)
         opened = download  # closed in `finally`
-        reservation.settle(0)
-        context.set_trailing_metadata(forwarded_metadata(download.response.headers))
+        gw.settle(reservation, call, None)  # bytes carry no usage: the estimate stays charged
+        # Like every call, the upstream's `x-ratelimit-*` headers correct the limiter.
+        trailing = forwarded_metadata(download.response.headers)
+        gw.observe(call, trailing)
+        context.set_trailing_metadata(trailing)
         ctype = download.response.headers.get("content-type", "application/octet-stream")
         pending = download.first
         make_chunk = message_factory.GetMessageClass(

@@ -24,7 +24,6 @@ from openai_grpc_server.call import (
     Undecodable,
     decode_answer,
     ensure_decoded,
-    total_tokens,
     usage_of,
 )
 from openai_grpc_server.errors import MalformedRequest
@@ -150,8 +149,7 @@ async def relay_upload(
             value, reservation = await gw.policy.execute(op, attempt)
         forwarded = forwarded_metadata(value.headers)
         gw.observe(call, forwarded)
-        usage = usage_of(value.body)
-        reservation.settle(total_tokens(usage) if usage else 0)
+        gw.settle(reservation, call, usage_of(value.body))
         response = decode_answer(route, value)
         context.set_trailing_metadata(forwarded)
         gw.telemetry.request_done(route, call)
