@@ -13,10 +13,12 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry.trace import Span
 
 from openai_grpc_server import embeddings, jsonlib, routes, status, validation
 from openai_grpc_server.auth import Authenticator, Credential
@@ -79,6 +81,70 @@ class Admission:
         )
 
 
+class Rpc:
+    """One RPC inside its boundary: when it started, who calls, and (once the handler has
+    described it) the call; a stream's span, when the handler opened one, ends with the RPC."""
+
+    __slots__ = ("call", "credential", "span", "started")
+
+    def __init__(self, started: float, credential: Credential) -> None:
+        self.started = started
+        self.credential = credential
+        self.call: Call | None = None
+        self.span: Span | None = None
+
+
+class Boundary:
+    """The start and end of every RPC, whatever its kind: `async with gw.boundary(route, ctx)`.
+
+    Start: a concurrency slot, then caller authentication (nothing about the request is looked
+    at before). End: the slot is given back; a failure leaves with exactly one status
+    (`Gateway.fail`: metrics, access log, error to status); a caller that went away is logged
+    and `CancelledError` propagates (swallowing it leaks the call in grpc.aio); a stream's span
+    ends after the failure was recorded on it. Handlers only do their kind's work inside."""
+
+    __slots__ = ("_context", "_gw", "_route", "_rpc", "_slot")
+
+    def __init__(self, gw: Gateway, route: Route, context: Context) -> None:
+        self._gw = gw
+        self._route = route
+        self._context = context
+        self._slot = gw.slot(context)
+        self._rpc: Rpc | None = None
+
+    async def __aenter__(self) -> Rpc:
+        started = time.perf_counter()
+        try:
+            await self._slot.__aenter__()
+        except Exception as exc:  # no slot: RESOURCE_EXHAUSTED at once
+            await self._gw.fail(self._context, None, self._route, exc, started)
+        except asyncio.CancelledError:  # the caller left while waiting for a slot
+            self._gw.telemetry.cancelled(self._route, None, started)
+            raise
+        try:
+            credential = self._gw.authenticate(self._context)
+        except Exception as exc:
+            await self._slot.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._gw.fail(self._context, None, self._route, exc, started)
+        self._rpc = Rpc(started, credential)
+        return self._rpc
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        rpc = self._rpc
+        assert rpc is not None
+        await self._slot.__aexit__(exc_type, exc, tb)
+        try:
+            if isinstance(exc, Exception):
+                await self._gw.fail(self._context, rpc.call, self._route, exc, rpc.started)
+            elif isinstance(exc, asyncio.CancelledError):  # the caller left: logged, and re-raised
+                self._gw.telemetry.cancelled(self._route, rpc.call, rpc.started)
+        finally:
+            if rpc.span is not None:
+                rpc.span.end()
+
+
 class Gateway:
     def __init__(
         self,
@@ -106,6 +172,10 @@ class Gateway:
         self.admission = Admission(max_concurrent, max_queued, queue_wait)
 
     # --- shared steps ------------------------------------------------------------------------
+    def boundary(self, route: Route, context: Context) -> Boundary:
+        """The start and end every RPC shares (see `Boundary`)."""
+        return Boundary(self, route, context)
+
     def slot(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
         """A place among the calls at work (or an immediate RESOURCE_EXHAUSTED)."""
         return self.admission(context.time_remaining())
@@ -172,30 +242,21 @@ class Gateway:
     # --- unary -------------------------------------------------------------------------------
     def unary(self, route: Route) -> Callable[[Message | Undecodable, Context], Awaitable[Message]]:
         async def handler(raw: Message | Undecodable, context: Context) -> Message:
-            started = time.perf_counter()
-            call: Call | None = None
-            try:
-                async with self.slot(context):
-                    credential = self.authenticate(context)
-                    request = ensure_decoded(route, raw)
-                    validation.check(route, request)
-                    req = routes.build_request(route, request)
-                    unpack = (
-                        self.embeddings_base64
-                        and route.path_template == embeddings.PATH
-                        and embeddings.prepare(req.body or {})
-                    )
-                    payload = jsonlib.dumps(req.body) if req.body is not None else None
-                    call = self.begin(
-                        route, request, context, req.body, len(payload or b""), credential, started
-                    )
-                    with self.telemetry.request_span(call, streaming=False):
-                        return await self._unary(route, call, req, payload, context, unpack)
-            except Exception as exc:
-                await self.fail(context, call, route, exc, started)
-            except asyncio.CancelledError:  # the caller left: logged, and always re-raised
-                self.telemetry.cancelled(route, call, started)
-                raise
+            async with self.boundary(route, context) as rpc:
+                request = ensure_decoded(route, raw)
+                validation.check(route, request)
+                req = routes.build_request(route, request)
+                unpack = (
+                    self.embeddings_base64
+                    and route.path_template == embeddings.PATH
+                    and embeddings.prepare(req.body or {})
+                )
+                payload = jsonlib.dumps(req.body) if req.body is not None else None
+                call = rpc.call = self.begin(
+                    route, request, context, req.body, len(payload or b""), rpc.credential, rpc.started
+                )
+                with self.telemetry.request_span(call, streaming=False):
+                    return await self._unary(route, call, req, payload, context, unpack)
 
         return handler
 

@@ -8,10 +8,8 @@ before that (breaker open, limiter full) is reported like any other call.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +17,6 @@ from google.protobuf.message import Message
 
 from openai_grpc_server import codec, validation
 from openai_grpc_server.call import (
-    Call,
     Context,
     Undecodable,
     decode_answer,
@@ -107,10 +104,7 @@ class MultipartStream:
 async def relay_upload(
     gw: Gateway, route: Route, requests: AsyncIterator[Message | Undecodable], context: Context
 ) -> Message:
-    started = time.perf_counter()
-    call: Call | None = None
-    try:
-        credential = gw.authenticate(context)
+    async with gw.boundary(route, context) as rpc:
         try:
             head = ensure_decoded(route, await anext(requests))
         except StopAsyncIteration:
@@ -125,7 +119,7 @@ async def relay_upload(
         assert isinstance(data, dict)
         params = {p: data.pop(p, "") for p in route.path_params}
         path = route.build_path(params)
-        call = gw.begin(route, meta, context, data, 0, credential, started)
+        call = rpc.call = gw.begin(route, meta, context, data, 0, rpc.credential, rpc.started)
         body = MultipartStream(
             form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"), route
         )
@@ -154,11 +148,6 @@ async def relay_upload(
         context.set_trailing_metadata(forwarded)
         gw.telemetry.request_done(route, call)
         return response
-    except Exception as exc:
-        await gw.fail(context, call, route, exc, started)
-    except asyncio.CancelledError:  # the caller left: logged, and always re-raised
-        gw.telemetry.cancelled(route, call, started)
-        raise
 
 
 __all__ = ["MultipartStream", "form_fields", "relay_upload"]
