@@ -1,9 +1,11 @@
-"""The request path shared by every RPC, and the generic unary handler.
+"""The boundary every RPC goes through, the steps all kinds of call share, and the generic
+unary handler.
 
-caller -> authenticate -> validate -> resilience (breaker -> limiter -> HTTP -> classify ->
-retry) -> codec -> caller. Every failure leaves through `status.abort`, so the caller gets
-exactly one precise status; an unexpected exception becomes INTERNAL with a generic message
-and the traceback goes to the log only.
+caller -> slot -> authenticate -> decode -> validate -> resilience (breaker -> limiter -> HTTP
+-> classify -> retry) -> codec -> caller. `Boundary` owns the start and the end; every failure
+leaves through `status.abort`, so the caller gets exactly one precise status; an unexpected
+exception becomes INTERNAL with a generic message and the traceback goes to the log only.
+docs/architecture.md describes the whole path.
 """
 
 from __future__ import annotations
