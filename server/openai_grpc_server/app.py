@@ -16,9 +16,9 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from openai_grpc_server import jsonlib, processes, reflection, routes
+from openai_grpc_server.call import Context, deserializer
 from openai_grpc_server.config import ConfigError, Settings
-from openai_grpc_server.errors import GatewayOverloaded
-from openai_grpc_server.gateway import Context, Gateway, deserializer
+from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import ResiliencePolicy
 from openai_grpc_server.routes import Kind, Route
 from openai_grpc_server.services.streams import relay_binary, relay_events
@@ -37,22 +37,14 @@ def _handler(gw: Gateway, route: Route) -> grpc.RpcMethodHandler[Any, Any]:
     if route.kind is Kind.UPLOAD:
 
         async def upload(requests: AsyncIterator[Any], context: Context) -> Any:
-            try:
-                async with gw.slot(context):
-                    return await relay_upload(gw, route, requests, context)
-            except GatewayOverloaded as exc:  # relay_upload reports its own failures
-                await gw.fail(context, None, route, exc)
+            return await relay_upload(gw, route, requests, context)
 
         return grpc.stream_unary_rpc_method_handler(upload, des, ser)
     relay: Callable[..., AsyncIterator[Any]] = relay_events if route.kind is Kind.EVENTS else relay_binary
 
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        try:
-            async with gw.slot(context):
-                async for message in relay(gw, route, request, context):
-                    yield message
-        except GatewayOverloaded as exc:  # the relay reports its own failures
-            await gw.fail(context, None, route, exc)
+        async for message in relay(gw, route, request, context):
+            yield message
 
     return grpc.unary_stream_rpc_method_handler(stream, des, ser)
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from openai_grpc_server import __version__
+from openai_grpc_server import __version__, coerce
 from openai_grpc_server.auth import Authenticator, Credential, Secret, tenants_from_mapping
 from openai_grpc_server.errors import register_secrets
 from openai_grpc_server.resilience import BreakerConfig, RateLimitConfig, RetryConfig
@@ -160,11 +160,67 @@ _SCALARS: tuple[tuple[str, str, type], ...] = (
     ("trust_env", "OPENAI_GRPC_TRUST_ENV", bool),
 )
 # Resilience sections: env OPENAI_GRPC_<SECTION>_<KEY>, file `<section>: {key: value}`.
+# Each key's reader turns the file's or environment's value into the dataclass field's type.
+_SECTION_KEYS: dict[str, dict[str, Callable[[str, str, Any], Any]]] = {
+    "retry": {
+        "max_retries": coerce.coerce_int,
+        "initial_backoff": coerce.coerce_seconds,
+        "max_backoff": coerce.coerce_seconds,
+        "backoff_multiplier": coerce.coerce_float,
+        "jitter": coerce.coerce_float,
+        "retryable_status_codes": coerce.coerce_status_codes,
+    },
+    "rate_limit": {
+        "requests_per_minute": coerce.coerce_optional_int,
+        "tokens_per_minute": coerce.coerce_optional_int,
+        "requests_per_day": coerce.coerce_optional_int,
+        "tokens_per_day": coerce.coerce_optional_int,
+        "auto_adjust": coerce.coerce_bool,
+        "queue_requests": coerce.coerce_bool,
+        "max_queue_size": coerce.coerce_int,
+        "redis_url": coerce.coerce_optional_str,
+        "redis_failure": coerce.coerce_lower,
+        "redis_timeout": coerce.coerce_seconds,
+        "replicas_hint": coerce.coerce_int,
+    },
+    "breaker": {
+        "failure_threshold": coerce.coerce_int,
+        "success_threshold": coerce.coerce_int,
+        "failure_window": coerce.coerce_seconds,
+        "recovery_timeout": coerce.coerce_seconds,
+        "per_endpoint": coerce.coerce_bool,
+    },
+}
 _SECTIONS: tuple[tuple[str, type[Any]], ...] = (
     ("retry", RetryConfig),
     ("rate_limit", RateLimitConfig),
     ("breaker", BreakerConfig),
 )
+
+
+def section_config(section: str, data: Mapping[str, Any]) -> Any:
+    """A resilience section's dataclass from file / env values; a bad or unknown key raises
+    ValueError naming it (a typo must not silently do nothing)."""
+    cls = dict(_SECTIONS)[section]
+    return cls(**coerce.coerce_mapping(section, cls, data, _SECTION_KEYS[section]))
+
+
+def retry_config(data: Mapping[str, Any]) -> RetryConfig:
+    """`retry:` values: numbers or strings ("0.5", "500ms", "408,429,500")."""
+    config: RetryConfig = section_config("retry", data)
+    return config
+
+
+def rate_limit_config(data: Mapping[str, Any]) -> RateLimitConfig:
+    """`rate_limit:` values; "", "none" or "unlimited" leave a limit off."""
+    config: RateLimitConfig = section_config("rate_limit", data)
+    return config
+
+
+def breaker_config(data: Mapping[str, Any]) -> BreakerConfig:
+    """`breaker:` values: numbers or strings ("5", "30s", "true")."""
+    config: BreakerConfig = section_config("breaker", data)
+    return config
 
 
 # Kubernetes injects, for every Service `NAME` in the pod's namespace (unless the pod sets
@@ -381,7 +437,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         secret = Secret(key)
     values["api_key"] = secret
 
-    for section, cls in _SECTIONS:
+    for section, _ in _SECTIONS:
         merged: dict[str, Any] = dict(file_data.get(section) or {})
         prefix = f"OPENAI_GRPC_{section.upper()}_"
         for var, raw in env.items():
@@ -391,7 +447,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 else:
                     merged[var[len(prefix) :].lower()] = raw
         try:
-            values[section] = cls.from_mapping(merged)
+            values[section] = section_config(section, merged)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     values["ignored_env"] = tuple(sorted(ignored))

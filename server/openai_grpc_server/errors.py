@@ -1,25 +1,77 @@
-"""The error taxonomy (seed section 8) and the one classifier that produces it.
+"""The error taxonomy: every failure the gateway reports is one of these classes.
 
-Every failure the gateway reports is an `OpenAIError`. Each class carries, as class attributes,
-its row of the table in DESIGN.md section 5: gRPC code, ErrorInfo reason, the seed's error
-code, and whether it counts as an upstream failure for the circuit breaker. `classify_response`
-and `classify_exception` are the only places that turn upstream answers into these classes;
-`status.py` is the only place that turns them into a `google.rpc.Status`.
+Each class carries its row of the error table as class attributes: gRPC code, ErrorInfo reason,
+error code, whether it counts as an upstream failure for the circuit breaker, whether it may be
+retried, and which google.rpc details its status carries. The tree (class, gRPC code, reason):
+
+    OpenAIError                   INTERNAL             INTERNAL
+      ConfigurationError          FAILED_PRECONDITION  INVALID_CONFIGURATION
+        MissingApiKey             FAILED_PRECONDITION  MISSING_API_KEY
+        InvalidBaseUrl            FAILED_PRECONDITION  INVALID_BASE_URL
+        InvalidConfiguration      FAILED_PRECONDITION  INVALID_CONFIGURATION
+      AuthenticationError         UNAUTHENTICATED      INVALID_API_KEY
+        InvalidApiKey             UNAUTHENTICATED      INVALID_API_KEY
+        ExpiredApiKey             UNAUTHENTICATED      EXPIRED_API_KEY
+        InsufficientPermissions   PERMISSION_DENIED    INSUFFICIENT_PERMISSIONS
+      RequestError                INVALID_ARGUMENT     VALIDATION_FAILED
+        ValidationError           INVALID_ARGUMENT     VALIDATION_FAILED
+          MissingRequiredField    INVALID_ARGUMENT     VALIDATION_FAILED
+          InvalidFieldValue       INVALID_ARGUMENT     VALIDATION_FAILED
+          MalformedRequest        INVALID_ARGUMENT     VALIDATION_FAILED
+        SerializationError        INVALID_ARGUMENT     SERIALIZATION_FAILED
+        TooManyTokens             INVALID_ARGUMENT     CONTEXT_LENGTH_EXCEEDED
+      NetworkError                UNAVAILABLE          UPSTREAM_UNREACHABLE
+        ConnectionFailed          UNAVAILABLE          UPSTREAM_UNREACHABLE
+        DnsResolutionFailed       UNAVAILABLE          UPSTREAM_UNREACHABLE
+        Timeout                   DEADLINE_EXCEEDED    UPSTREAM_TIMEOUT
+        SslError                  UNAVAILABLE          UPSTREAM_TLS_ERROR
+        ProtocolError             UNAVAILABLE          UPSTREAM_PROTOCOL_ERROR
+      RateLimitError              RESOURCE_EXHAUSTED   RATE_LIMITED
+        TooManyRequests           RESOURCE_EXHAUSTED   RATE_LIMITED
+        QuotaExceeded             RESOURCE_EXHAUSTED   QUOTA_EXCEEDED
+        GatewayOverloaded         RESOURCE_EXHAUSTED   GATEWAY_OVERLOADED
+        TokenLimitExceeded        RESOURCE_EXHAUSTED   RATE_LIMITED
+      ServerError                 UNAVAILABLE          UPSTREAM_UNAVAILABLE
+        InternalServerError       INTERNAL             UPSTREAM_INTERNAL
+        ServiceUnavailable        UNAVAILABLE          UPSTREAM_UNAVAILABLE
+        BadGateway                UNAVAILABLE          UPSTREAM_UNAVAILABLE
+        Overloaded                UNAVAILABLE          UPSTREAM_UNAVAILABLE
+        CircuitOpen               UNAVAILABLE          CIRCUIT_OPEN
+        RateLimiterUnavailable    UNAVAILABLE          RATE_LIMITER_UNAVAILABLE
+      ResponseError               INTERNAL             UPSTREAM_BAD_RESPONSE
+        DeserializationError      INTERNAL             UPSTREAM_BAD_RESPONSE
+          CodecFailure            INTERNAL             UPSTREAM_BAD_RESPONSE
+        UnexpectedResponse        INTERNAL             UPSTREAM_BAD_RESPONSE
+        InvalidContentType        INTERNAL             UPSTREAM_BAD_RESPONSE
+        ResponseTooLarge          INTERNAL             UPSTREAM_BAD_RESPONSE
+        StreamInterrupted         ABORTED              STREAM_INTERRUPTED
+      ResourceError               NOT_FOUND            NOT_FOUND
+        NotFound                  NOT_FOUND            NOT_FOUND
+        AlreadyExists             ALREADY_EXISTS       ALREADY_EXISTS
+        Deleted                   NOT_FOUND            NOT_FOUND
+        InvalidState              FAILED_PRECONDITION  INVALID_STATE
+      ContentPolicyError          INVALID_ARGUMENT     CONTENT_POLICY_VIOLATION
+        ContentFiltered           INVALID_ARGUMENT     CONTENT_POLICY_VIOLATION
+        SafetyViolation           INVALID_ARGUMENT     CONTENT_POLICY_VIOLATION
+        RefusedByModel            INVALID_ARGUMENT     CONTENT_POLICY_VIOLATION
+      CallerError                 INTERNAL             INTERNAL
+        CallerUnauthenticated     UNAUTHENTICATED      CALLER_UNAUTHENTICATED
+        CallerForbidden           PERMISSION_DENIED    CALLER_FORBIDDEN
+      GatewayInternal             INTERNAL             INTERNAL
+
+`upstream/classify.py` is the only place that turns upstream answers and transport failures
+into these classes; `status.py` is the only place that turns them into a `google.rpc.Status`.
+docs/architecture.md describes the mapping as a whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import ssl
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 import grpc
-import httpx
-
-from openai_grpc_server import jsonlib
 
 Code = grpc.StatusCode
 
@@ -70,7 +122,7 @@ class OpenAIError(Exception):
     breaker_failure: ClassVar[bool] = False
     # Retryable by default (the retry policy may still refine by status and headers).
     retryable: ClassVar[bool] = False
-    # Which google.rpc detail messages besides ErrorInfo the status carries (DESIGN.md section 5).
+    # Which google.rpc detail messages besides ErrorInfo the status carries (see status.py).
     details: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
@@ -401,246 +453,3 @@ class CallerForbidden(CallerError):
 
 class GatewayInternal(OpenAIError):
     """An unexpected exception inside the gateway; details go to the log, never the caller."""
-
-
-# --- Classification --------------------------------------------------------------------------
-# HTTP status -> taxonomy class. 400 is refined below by OpenAI's error code and the operation.
-_STATUS_TABLE: dict[int, type[OpenAIError]] = {
-    400: ValidationError,
-    401: InvalidApiKey,
-    403: InsufficientPermissions,
-    404: NotFound,
-    408: Timeout,
-    409: AlreadyExists,
-    410: Deleted,
-    413: ValidationError,
-    415: ValidationError,
-    422: ValidationError,
-    429: TooManyRequests,
-    500: InternalServerError,
-    502: BadGateway,
-    503: ServiceUnavailable,
-    504: Timeout,
-    529: Overloaded,
-}
-
-# OpenAI `error.code` / `error.type` -> class, wherever the status alone is ambiguous.
-_CODE_TABLE: dict[str, type[OpenAIError]] = {
-    "insufficient_quota": QuotaExceeded,
-    "billing_hard_limit_reached": QuotaExceeded,
-    "context_length_exceeded": TooManyTokens,
-    "string_above_max_length": TooManyTokens,
-    "content_policy_violation": ContentFiltered,
-    "content_filter": ContentFiltered,
-    "invalid_api_key": InvalidApiKey,
-    "expired_api_key": ExpiredApiKey,
-}
-
-# A 400 on these operations means the resource is in the wrong state (cancel a finished batch).
-_STATE_CHANGE_SUFFIXES = ("/cancel", "/pause", "/resume", "/complete", "/submit_tool_outputs")
-
-
-# No upstream delay is taken at face value beyond a day (`retry-after: inf` or 1e300).
-MAX_RETRY_AFTER = 86_400.0
-
-
-def _header_seconds(headers: Mapping[str, str]) -> float | None:
-    value = _parse_header_seconds(headers)
-    if value is None or math.isnan(value):
-        return None
-    return min(value, MAX_RETRY_AFTER)
-
-
-def _parse_header_seconds(headers: Mapping[str, str]) -> float | None:
-    """Delay the upstream asked for: `retry-after-ms`, then `retry-after` (seconds or HTTP date)."""
-    import time  # noqa: PLC0415
-    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare path
-
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    return _header_seconds(headers)
-
-
-def _error_body(body: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = jsonlib.loads(body)
-    except jsonlib.JSONDecodeError:
-        return None
-    if isinstance(parsed, dict):
-        err = parsed.get("error", parsed)
-        if isinstance(err, dict):
-            return err
-    return None
-
-
-def _plain_message(status: int, body: bytes) -> str:
-    """An actionable sentence for an error whose body is not OpenAI JSON (an HTML 502 page)."""
-    phrase = httpx.codes.get_reason_phrase(status) or "error"
-    return f"OpenAI answered HTTP {status} ({phrase}) without an error body the gateway could read"
-
-
-def classify_response(
-    status: int,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    method: str = "",
-    path: str = "",
-) -> OpenAIError:
-    """Turn a non-2xx upstream answer into the taxonomy."""
-    err = _error_body(body)
-    openai_code = str(err.get("code")) if err and err.get("code") is not None else None
-    openai_type = str(err.get("type")) if err and err.get("type") is not None else None
-    param = str(err.get("param")) if err and err.get("param") is not None else None
-    message = str(err.get("message")) if err and err.get("message") else _plain_message(status, body)
-
-    cls = _STATUS_TABLE.get(status)
-    if cls is None:
-        cls = ServerError if status >= 500 else ValidationError
-    refined = _CODE_TABLE.get(openai_code or "") or _CODE_TABLE.get(openai_type or "")
-    if refined is not None and (status < 500 or refined is QuotaExceeded):
-        cls = refined
-    elif status == 400 and method == "POST" and path.endswith(_STATE_CHANGE_SUFFIXES):
-        cls = InvalidState
-
-    violations: tuple[FieldViolation, ...] = ()
-    if issubclass(cls, RequestError | ContentPolicyError):
-        violations = (FieldViolation(param or "", redact(message)),)
-    resource = None
-    if cls in (NotFound, InvalidState) and path:
-        resource = (path.strip("/").split("/")[0], path)
-    return cls(
-        message,
-        upstream_status=status,
-        request_id=headers.get("x-request-id"),
-        openai_type=openai_type,
-        openai_code=openai_code,
-        param=param,
-        retry_after=_header_seconds(headers),
-        headers=headers,
-        violations=violations,
-        resource=resource,
-    )
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and everything it was raised from, nearest first (bounded: chains can loop)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(seen) < 16:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _is_tls(exc: BaseException) -> bool:
-    for e in _chain(exc):
-        if isinstance(e, ssl.SSLError | ssl.CertificateError):
-            return True
-        if type(e).__module__.startswith("aiohttp") and "SSL" in type(e).__name__:
-            return True  # aiohttp's ClientConnectorSSLError / ClientConnectorCertificateError
-    text = str(exc).lower()
-    return "certificate verify" in text or "[ssl" in text
-
-
-# What aiohttp and h11 say when the bytes that came back are not an HTTP response.
-_NOT_HTTP = ("illegal status line", "bad status line", "invalid status line", "expected http/")
-
-
-def _is_not_http(exc: BaseException) -> bool:
-    for e in _chain(exc):
-        name = type(e).__name__
-        if name in ("BadStatusLine", "BadHttpMessage"):
-            return True
-        text = str(e).lower()
-        if any(m in text for m in _NOT_HTTP):
-            return True
-    return False
-
-
-def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError:
-    """Turn a transport exception (httpx, aiohttp, ssl, OS) into the taxonomy."""
-    if isinstance(exc, OpenAIError):
-        return exc
-    for inner in _chain(exc):
-        if isinstance(inner, OpenAIError):
-            return inner  # raised by our own request body (an upload) while it was being sent
-    where = f" to {base_url}" if base_url else ""
-    detail = redact(str(exc)) or type(exc).__name__
-    if isinstance(exc, httpx.LocalProtocolError):
-        # Nothing reached the network: the request itself is malformed (a key with a newline).
-        return InvalidConfiguration(f"the gateway could not build the upstream request: {detail}")
-    if _is_tls(exc):
-        return SslError(f"TLS with the upstream{where} failed (certificate or protocol): {detail}")
-    if _is_not_http(exc):
-        return ProtocolError(f"the upstream{where} did not answer in HTTP: {detail}")
-    cause = exc.__cause__
-    if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look underneath.
-        name = type(cause).__name__
-        if "Timeout" not in name:
-            return ConnectionFailed(f"the upstream connection failed{where}: {redact(str(cause)) or name}")
-    if isinstance(exc, httpx.TimeoutException):
-        return Timeout(f"OpenAI did not answer in time{where} ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc).lower()
-        if "name or service not known" in text or "nodename" in text or "getaddrinfo" in text:
-            return DnsResolutionFailed(f"could not resolve the upstream host{where}: {detail}")
-        return ConnectionFailed(f"could not connect{where}: {detail}")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return ConnectionFailed(f"the upstream connection broke{where}: {detail}")
-    if isinstance(exc, httpx.TransportError | OSError):
-        return ConnectionFailed(f"network error{where}: {detail}")
-    if type(exc).__module__.startswith("aiohttp"):
-        # An aiohttp error httpx-aiohttp does not map (a response it could not parse).
-        return ConnectionFailed(f"the upstream connection failed{where}: {detail}")
-    return GatewayInternal("internal error in the gateway")
-
-
-# In-stream error events carry no HTTP status: infer one from OpenAI's error type.
-_STREAM_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "rate_limit_exceeded": 429,
-    "rate_limit_error": 429,
-    "insufficient_quota": 429,
-    "server_error": 500,
-    "api_error": 500,
-    "overloaded_error": 529,
-}
-
-
-def classify_stream_error(payload: Any) -> OpenAIError:
-    """An `{"error": {...}}` (or `{"type": "error", ...}`) event inside an SSE stream."""
-    err = payload.get("error", payload) if isinstance(payload, dict) else {}
-    if not isinstance(err, dict):
-        err = {"message": str(err)}
-    kind = str(err.get("type") or err.get("code") or "server_error")
-    status = _STREAM_ERROR_STATUS.get(kind, _STREAM_ERROR_STATUS.get(str(err.get("code")), 500))
-    fields = {k: err.get(k) for k in ("message", "type", "code", "param")}
-    fields["message"] = fields["message"] or f"OpenAI reported a {kind} error inside the stream"
-    body = jsonlib.dumps({"error": fields})
-    found = classify_response(status, {}, body)
-    found.upstream_status = None  # the HTTP exchange itself succeeded
-    return found

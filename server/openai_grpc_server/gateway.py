@@ -1,108 +1,46 @@
-"""The request path shared by every RPC, and the generic unary handler.
+"""The boundary every RPC goes through, the steps all kinds of call share, and the generic
+unary handler.
 
-caller -> authenticate -> validate -> resilience (breaker -> limiter -> HTTP -> classify ->
-retry) -> codec -> caller. Every failure leaves through `status.abort`, so the caller gets
-exactly one precise status; an unexpected exception becomes INTERNAL with a generic message
-and the traceback goes to the log only.
+caller -> slot -> authenticate -> decode -> validate -> resilience (breaker -> limiter -> HTTP
+-> classify -> retry) -> codec -> caller. `Boundary` owns the start and the end; every failure
+leaves through `status.abort`, so the caller gets exactly one precise status; an unexpected
+exception becomes INTERNAL with a generic message and the traceback goes to the log only.
+docs/architecture.md describes the whole path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
 from opentelemetry.trace import Span
 
-from openai_grpc_server import codec, jsonlib, routes, status, validation
+from openai_grpc_server import embeddings, jsonlib, routes, status, validation
 from openai_grpc_server.auth import Authenticator, Credential
-from openai_grpc_server.errors import (
-    CodecFailure,
-    GatewayInternal,
-    GatewayOverloaded,
-    MalformedRequest,
-    OpenAIError,
-    redact,
+from openai_grpc_server.call import (
+    Call,
+    Context,
+    Undecodable,
+    decode_answer,
+    ensure_decoded,
+    estimate_tokens,
+    total_tokens,
+    usage_of,
 )
-from openai_grpc_server.resilience import Attempt, Operation, ResiliencePolicy
+from openai_grpc_server.errors import GatewayInternal, GatewayOverloaded, OpenAIError, redact
+from openai_grpc_server.resilience import Attempt, Operation, Reservation, ResiliencePolicy
 from openai_grpc_server.routes import Route
-from openai_grpc_server.services import embeddings
 from openai_grpc_server.telemetry import Telemetry
 from openai_grpc_server.upstream.client import JsonResponse, UpstreamClient, forwarded_metadata
 
 log = logging.getLogger("openai_grpc.gateway")
-Context = grpc.aio.ServicerContext[Any, Any]
-
-# Rough prompt-size estimate for the token limiter until real usage settles it.
-_BYTES_PER_TOKEN = 4
-_OUTPUT_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-
-
-def estimate_tokens(body: Mapping[str, Any] | None, body_bytes: int) -> int:
-    if not body:
-        return 0
-    output = next((body[k] for k in _OUTPUT_TOKEN_FIELDS if isinstance(body.get(k), int)), 0)
-    return body_bytes // _BYTES_PER_TOKEN + int(output)
-
-
-def usage_of(payload: Any) -> dict[str, Any] | None:
-    """The `usage` object of a response or stream event, wherever the API puts it."""
-    if not isinstance(payload, dict):
-        return None
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        inner = payload.get("response")
-        usage = inner.get("usage") if isinstance(inner, dict) else None
-    return usage if isinstance(usage, dict) else None
-
-
-def total_tokens(usage: Mapping[str, Any]) -> int:
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
-    return sum(p for p in parts if isinstance(p, int))
-
-
-class Undecodable:
-    """What the request deserializer hands over for bytes that are not the request message
-    (bad protobuf, invalid UTF-8): the handler answers INVALID_ARGUMENT after authenticating,
-    instead of grpc's UNKNOWN "Unexpected <class DecodeError>"."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def error(self, route: Route) -> MalformedRequest:
-        return MalformedRequest(
-            f"the request bytes are not a valid {route.input_desc.full_name}: {self.reason}",
-            metadata={"requestMessage": route.input_desc.full_name},
-        )
-
-
-def deserializer(route: Route) -> Callable[[bytes], Message | Undecodable]:
-    parse = route.input_cls.FromString
-
-    def des(data: bytes) -> Message | Undecodable:
-        try:
-            return parse(data)
-        except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
-            return Undecodable(type(exc).__name__)
-
-    return des
-
-
-def ensure_decoded(route: Route, request: Message | Undecodable) -> Message:
-    if isinstance(request, Undecodable):
-        raise request.error(route)
-    return request
 
 
 class Admission:
@@ -145,20 +83,68 @@ class Admission:
         )
 
 
-@dataclasses.dataclass
-class Call:
-    """One RPC in flight: who calls, what it costs, where it goes."""
+class Rpc:
+    """One RPC inside its boundary: when it started, who calls, and (once the handler has
+    described it) the call; a stream's span, when the handler opened one, ends with the RPC."""
 
-    route: Route
-    credential: Credential
-    op: Operation
-    model: str
-    started: float
-    # Learnt on the way, for telemetry: the upstream's request id and answering model, and
-    # the `openai.request` span (when tracing is on).
-    request_id: str = ""
-    response_model: str = ""
-    span: Span | None = None
+    __slots__ = ("call", "credential", "span", "started")
+
+    def __init__(self, started: float, credential: Credential) -> None:
+        self.started = started
+        self.credential = credential
+        self.call: Call | None = None
+        self.span: Span | None = None
+
+
+class Boundary:
+    """The start and end of every RPC, whatever its kind: `async with gw.boundary(route, ctx)`.
+
+    Start: a concurrency slot, then caller authentication (nothing about the request is looked
+    at before). End: the slot is given back; a failure leaves with exactly one status
+    (`Gateway.fail`: metrics, access log, error to status); a caller that went away is logged
+    and `CancelledError` propagates (swallowing it leaks the call in grpc.aio); a stream's span
+    ends after the failure was recorded on it. Handlers only do their kind's work inside."""
+
+    __slots__ = ("_context", "_gw", "_route", "_rpc", "_slot")
+
+    def __init__(self, gw: Gateway, route: Route, context: Context) -> None:
+        self._gw = gw
+        self._route = route
+        self._context = context
+        self._slot = gw.slot(context)
+        self._rpc: Rpc | None = None
+
+    async def __aenter__(self) -> Rpc:
+        started = time.perf_counter()
+        try:
+            await self._slot.__aenter__()
+        except Exception as exc:  # no slot: RESOURCE_EXHAUSTED at once
+            await self._gw.fail(self._context, None, self._route, exc, started)
+        except asyncio.CancelledError:  # the caller left while waiting for a slot
+            self._gw.telemetry.cancelled(self._route, None, started)
+            raise
+        try:
+            credential = self._gw.authenticate(self._context)
+        except Exception as exc:
+            await self._slot.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._gw.fail(self._context, None, self._route, exc, started)
+        self._rpc = Rpc(started, credential)
+        return self._rpc
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        rpc = self._rpc
+        assert rpc is not None
+        await self._slot.__aexit__(exc_type, exc, tb)
+        try:
+            if isinstance(exc, Exception):
+                await self._gw.fail(self._context, rpc.call, self._route, exc, rpc.started)
+            elif isinstance(exc, asyncio.CancelledError):  # the caller left: logged, and re-raised
+                self._gw.telemetry.cancelled(self._route, rpc.call, rpc.started)
+        finally:
+            if rpc.span is not None:
+                rpc.span.end()
 
 
 class Gateway:
@@ -188,6 +174,10 @@ class Gateway:
         self.admission = Admission(max_concurrent, max_queued, queue_wait)
 
     # --- shared steps ------------------------------------------------------------------------
+    def boundary(self, route: Route, context: Context) -> Boundary:
+        """The start and end every RPC shares (see `Boundary`)."""
+        return Boundary(self, route, context)
+
     def slot(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
         """A place among the calls at work (or an immediate RESOURCE_EXHAUSTED)."""
         return self.admission(context.time_remaining())
@@ -230,6 +220,11 @@ class Gateway:
         if any(k.startswith("x-ratelimit-") for k, _ in forwarded):
             self.policy.observe_headers(call.op, dict(forwarded))
 
+    def settle(self, reservation: Reservation, call: Call, usage: Mapping[str, Any] | None) -> None:
+        """Settle the call's tokens with the answer's real usage; an answer without usage keeps
+        the estimate charged, whatever the kind of call (it was still paid for upstream)."""
+        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
+
     async def fail(
         self,
         context: Context,
@@ -249,30 +244,21 @@ class Gateway:
     # --- unary -------------------------------------------------------------------------------
     def unary(self, route: Route) -> Callable[[Message | Undecodable, Context], Awaitable[Message]]:
         async def handler(raw: Message | Undecodable, context: Context) -> Message:
-            started = time.perf_counter()
-            call: Call | None = None
-            try:
-                async with self.slot(context):
-                    credential = self.authenticate(context)
-                    request = ensure_decoded(route, raw)
-                    validation.check(route, request)
-                    req = routes.build_request(route, request)
-                    unpack = (
-                        self.embeddings_base64
-                        and route.path_template == embeddings.PATH
-                        and embeddings.prepare(req.body or {})
-                    )
-                    payload = jsonlib.dumps(req.body) if req.body is not None else None
-                    call = self.begin(
-                        route, request, context, req.body, len(payload or b""), credential, started
-                    )
-                    with self.telemetry.request_span(call, streaming=False):
-                        return await self._unary(route, call, req, payload, context, unpack)
-            except Exception as exc:
-                await self.fail(context, call, route, exc, started)
-            except asyncio.CancelledError:  # the caller left: logged, and always re-raised
-                self.telemetry.cancelled(route, call, started)
-                raise
+            async with self.boundary(route, context) as rpc:
+                request = ensure_decoded(route, raw)
+                validation.check(route, request)
+                req = routes.build_request(route, request)
+                unpack = (
+                    self.embeddings_base64
+                    and route.path_template == embeddings.PATH
+                    and embeddings.prepare(req.body or {})
+                )
+                payload = jsonlib.dumps(req.body) if req.body is not None else None
+                call = rpc.call = self.begin(
+                    route, request, context, req.body, len(payload or b""), rpc.credential, rpc.started
+                )
+                with self.telemetry.request_span(call, streaming=False):
+                    return await self._unary(route, call, req, payload, context, unpack)
 
         return handler
 
@@ -302,7 +288,7 @@ class Gateway:
         self.observe(call, forwarded)
         self.telemetry.http_response(value.status, self.upstream, req.path, value.headers)
         usage = usage_of(value.body)
-        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
+        self.settle(reservation, call, usage)
         self.telemetry.response(call, value.body, usage)
         if unpack_embeddings:
             embeddings.restore(value.body)
@@ -312,21 +298,6 @@ class Gateway:
         context.set_trailing_metadata(forwarded)
         self.telemetry.request_done(route, call)
         return response
-
-
-def decode_answer(route: Route, value: JsonResponse) -> Message:
-    """The response message for a 2xx JSON answer; one that does not fit is UPSTREAM_BAD_RESPONSE."""
-    response = route.output_cls()
-    try:
-        codec.decode_response(value.body, response)
-    except ValueError as exc:  # CodecError, or a value protobuf itself rejects (int64 overflow)
-        raise CodecFailure(
-            f"OpenAI's answer does not fit {route.output_desc.name}: {exc}",
-            upstream_status=value.status,
-            request_id=value.headers.get("x-request-id"),
-            headers=value.headers,
-        ) from exc
-    return response
 
 
 def _is_abort(exc: BaseException) -> bool:

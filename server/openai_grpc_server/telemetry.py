@@ -1,12 +1,12 @@
 """Metrics, spans and the access log: what operators see of every RPC.
 
-- Metrics: the seed's `openai_*` names (section 11.1) and the OpenTelemetry GenAI conventions
+- Metrics: the `openai_*` names (docs/architecture.md) and the OpenTelemetry GenAI conventions
   (names in `semconv`), through the OpenTelemetry API. `--metrics-port` adds a Prometheus
   scrape endpoint; under `opentelemetry-instrument` the SDK it configures (OTLP) gets them.
 - Model labels are bounded: a name becomes a label value only once the upstream accepted it
   (a successful call asked for it or answered with it), and only up to `max_models` names;
   anything else is `other`. A caller cannot create a series by sending a made-up model.
-- Spans: `openai.request` (seed 11.2, kind CLIENT) with the `gen_ai.*` attributes, a child of
+- Spans: `openai.request` (kind CLIENT) with the `gen_ai.*` attributes, a child of
   the gRPC server span when one is there.
 - Logs: one JSON object per line, never a credential (`Secret` redacts itself and the
   formatter masks anything that looks like a key or a bearer token); one access-log line per
@@ -35,7 +35,7 @@ from openai_grpc_server.errors import OpenAIError, redact
 from openai_grpc_server.routes import Route
 
 if TYPE_CHECKING:
-    from openai_grpc_server.gateway import Call
+    from openai_grpc_server.call import Call
 
 log = logging.getLogger("openai_grpc")
 access_log = logging.getLogger("openai_grpc.access")
@@ -273,7 +273,7 @@ class Telemetry(RateLimitTelemetry):
     # --- spans -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def request_span(self, call: Call, *, streaming: bool) -> Iterator[trace.Span]:
-        """The current `openai.request` span (seed 11.2) around one RPC's upstream work."""
+        """The current `openai.request` span around one RPC's upstream work."""
         span = self.stream_span(call, streaming=streaming)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:

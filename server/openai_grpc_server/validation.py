@@ -1,4 +1,4 @@
-"""Local request checks (seed 004 sections 3.2 and 12.1): fail fast, before any upstream call.
+"""Local request checks: fail fast, before any upstream call.
 
 Every violation is collected, so one INVALID_ARGUMENT lists them all as BadRequest field
 violations. Generic checks come from the descriptors (REQUIRED path parameters must be set);

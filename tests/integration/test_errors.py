@@ -1,4 +1,4 @@
-"""Every row of the error table (DESIGN.md section 5) a unary call can produce.
+"""Every row of the error table (docs/architecture.md, Error mapping) a unary call can produce.
 
 Each case scripts the fake upstream (or the gateway's own configuration), calls a real RPC, and
 decodes the rich status with `grpc_status.rpc_status`: code, ErrorInfo reason and metadata,

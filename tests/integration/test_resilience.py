@@ -1,5 +1,5 @@
 """Retries, rate limits and the circuit breaker through a real gateway and the fake upstream
-(seed 004 sections 12.2 and 12.3), plus what telemetry sees of them."""
+(docs/architecture.md, Resilience), plus what telemetry sees of them."""
 
 from __future__ import annotations
 

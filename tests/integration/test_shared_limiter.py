@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from openai_grpc_server import errors
+from openai_grpc_server.config import rate_limit_config
 from openai_grpc_server.fake_upstream import FakeUpstream
 from openai_grpc_server.resilience import Operation, RateLimitConfig
 from openai_grpc_server.resilience.shared_limit import _KIND, KEY_PREFIX, SharedRateLimiter, redis_key
@@ -61,7 +62,7 @@ class Events:
 
 
 def limiter(url: str, events: Events | None = None, tenants: dict[str, Any] | None = None, **config: Any):  # type: ignore[no-untyped-def]
-    cfg = RateLimitConfig.from_mapping({"redis_url": url, **config})
+    cfg = rate_limit_config({"redis_url": url, **config})
     return SharedRateLimiter(
         cfg,
         tenants={k: cfg.for_tenant(v) for k, v in (tenants or {}).items()},

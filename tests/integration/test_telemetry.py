@@ -1,5 +1,5 @@
-"""What operators see, through a real gateway and the fake upstream: spans (seed 11.2 and the
-GenAI conventions), metrics (seed 11.1 and the GenAI conventions), one access-log line per
+"""What operators see, through a real gateway and the fake upstream: spans (`openai.request` and the
+GenAI conventions), metrics (the `openai_*` names and the GenAI conventions), one access-log line per
 RPC, and never a key. In-process with OpenTelemetry's in-memory reader and exporter; the
 Prometheus scrape and the OTLP export are in test_telemetry_export.py."""
 

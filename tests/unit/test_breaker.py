@@ -1,4 +1,4 @@
-"""The aiobreaker wrapper (seed 9.3): every test runs with a non-UTC local time zone, because
+"""The aiobreaker wrapper: every test runs with a non-UTC local time zone, because
 aiobreaker 1.2.0 mixes UTC and local time and is only right when TZ=UTC."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 from openai_grpc_server import errors
+from openai_grpc_server.config import breaker_config
 from openai_grpc_server.resilience import (
     Attempt,
     BreakerConfig,
@@ -30,6 +31,7 @@ from openai_grpc_server.resilience import (
     ResiliencePolicy,
     RetryConfig,
 )
+from openai_grpc_server.upstream import classify
 
 OP = Operation("POST /chat/completions", "tenant-a")
 
@@ -52,7 +54,7 @@ def non_utc_tz(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def http_error(status: int) -> errors.OpenAIError:
-    return errors.classify_response(status, {}, orjson.dumps({"error": {"message": f"HTTP {status}"}}))
+    return classify.classify_response(status, {}, orjson.dumps({"error": {"message": f"HTTP {status}"}}))
 
 
 class StateLog(NullObserver):
@@ -131,7 +133,7 @@ async def test_4xx_never_opens_it(breaker: CircuitBreaker, status: int) -> None:
 
 
 async def test_quota_and_local_errors_never_open_it(breaker: CircuitBreaker) -> None:
-    quota = errors.classify_response(
+    quota = classify.classify_response(
         429, {}, orjson.dumps({"error": {"message": "quota", "code": "insufficient_quota"}})
     )
     for err in (quota, errors.TooManyRequests("local"), errors.ValidationError("bad")):
@@ -145,8 +147,8 @@ async def test_quota_and_local_errors_never_open_it(breaker: CircuitBreaker) -> 
         http_error(500),
         http_error(502),
         http_error(504),
-        errors.classify_exception(httpx.ConnectError("refused")),
-        errors.classify_exception(httpx.ReadTimeout("slow")),
+        classify.classify_exception(httpx.ConnectError("refused")),
+        classify.classify_exception(httpx.ReadTimeout("slow")),
         errors.StreamInterrupted("cut"),
     ],
     ids=lambda e: type(e).__name__,
@@ -379,7 +381,7 @@ async def test_works_without_a_running_loop_timer(breaker: CircuitBreaker, clock
 
 def test_config_defaults_and_parsing() -> None:
     assert BreakerConfig() == BreakerConfig(5, 3, 60.0, 30.0, False)
-    assert BreakerConfig.from_mapping(
+    assert breaker_config(
         {
             "failure_threshold": "10",
             "success_threshold": 1,
@@ -403,4 +405,4 @@ def test_config_defaults_and_parsing() -> None:
 )
 def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
-        BreakerConfig.from_mapping(data)
+        breaker_config(data)

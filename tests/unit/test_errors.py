@@ -1,4 +1,4 @@
-"""The error taxonomy (errors.py) and its `google.rpc.Status` form (status.py), DESIGN.md section 5.
+"""The error taxonomy (errors.py) and its `google.rpc.Status` form (status.py).
 
 Upstream answers are classified by HTTP status, refined by OpenAI's `error.code` / `error.type`
 and by the operation; transport exceptions by their type. Every status carries an ErrorInfo
@@ -19,6 +19,7 @@ import orjson
 import pytest
 from google.rpc import status_pb2
 from openai_grpc_server import errors, status
+from openai_grpc_server.upstream import classify as classifier
 
 from tests.rich_status import DETAIL_TYPES
 
@@ -43,7 +44,7 @@ def classify(
     method: str = "POST",
     path: str = "/chat/completions",
 ) -> errors.OpenAIError:
-    return errors.classify_response(
+    return classifier.classify_response(
         status_code,
         headers or {},
         openai_body() if body is None else body,
@@ -126,9 +127,9 @@ def test_status_table(
 
 
 def test_status_table_covers_every_mapped_status() -> None:
-    """The table above is the whole of errors._STATUS_TABLE (a new row needs a test row)."""
-    assert set(errors._STATUS_TABLE) <= {row[0] for row in STATUS_TABLE}
-    for status_code, cls in errors._STATUS_TABLE.items():
+    """The table above is the whole of classifier._STATUS_TABLE (a new row needs a test row)."""
+    assert set(classifier._STATUS_TABLE) <= {row[0] for row in STATUS_TABLE}
+    for status_code, cls in classifier._STATUS_TABLE.items():
         assert type(classify(status_code)) is cls
 
 
@@ -327,7 +328,7 @@ NON_JSON_BODIES = [
 @pytest.mark.parametrize("body", [b for _, b in NON_JSON_BODIES], ids=[n for n, _ in NON_JSON_BODIES])
 def test_non_json_body_maps_by_status_with_an_actionable_message(status_code: int, body: bytes) -> None:
     err = classify(status_code, body)
-    assert type(err) is errors._STATUS_TABLE[status_code]
+    assert type(err) is classifier._STATUS_TABLE[status_code]
     assert str(status_code) in err.message
     assert "OpenAI" in err.message
     assert "<html" not in err.message
@@ -384,12 +385,12 @@ def http_date(offset: float) -> str:
     ],
 )
 def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
-    assert errors.retry_after_seconds(headers) == expected
+    assert classifier.retry_after_seconds(headers) == expected
     assert classify(429, headers=headers).retry_after == expected
 
 
 def test_retry_after_http_date() -> None:
-    delay = errors.retry_after_seconds({"retry-after": http_date(30)})
+    delay = classifier.retry_after_seconds({"retry-after": http_date(30)})
     assert delay is not None
     assert 28.0 <= delay <= 31.0  # HTTP dates have whole seconds
 
@@ -438,7 +439,7 @@ def test_absurd_retry_after_still_builds_a_status(header: str, value: str) -> No
 
 
 def test_retry_after_nan_is_ignored_or_zero() -> None:
-    assert errors.retry_after_seconds({"retry-after": "nan"}) in (None, 0.0)
+    assert classifier.retry_after_seconds({"retry-after": "nan"}) in (None, 0.0)
     status.to_rpc_status(classify(503, headers={"retry-after": "nan"}))
 
 
@@ -583,7 +584,7 @@ EXCEPTIONS: list[tuple[str, BaseException, type[errors.OpenAIError], grpc.Status
 def test_classify_exception(
     exc: BaseException, cls: type[errors.OpenAIError], code: grpc.StatusCode, reason: str, retryable: bool
 ) -> None:
-    err = errors.classify_exception(exc, base_url="https://api.openai.com/v1")
+    err = classifier.classify_exception(exc, base_url="https://api.openai.com/v1")
     assert type(err) is cls
     assert (err.code, err.reason, err.error_code) == (code, reason, "OPENAI_NETWORK")
     assert err.retryable is retryable
@@ -598,11 +599,11 @@ def test_classify_exception(
 
 def test_classify_exception_passes_taxonomy_errors_through() -> None:
     err = errors.TooManyRequests("local limiter full")
-    assert errors.classify_exception(err) is err
+    assert classifier.classify_exception(err) is err
 
 
 def test_unexpected_exception_becomes_a_generic_internal_error() -> None:
-    err = errors.classify_exception(KeyError("choices"), base_url="https://api.openai.com/v1")
+    err = classifier.classify_exception(KeyError("choices"), base_url="https://api.openai.com/v1")
     assert type(err) is errors.GatewayInternal
     assert err.code == Code.INTERNAL
     assert err.message == "internal error in the gateway"
@@ -610,7 +611,7 @@ def test_unexpected_exception_becomes_a_generic_internal_error() -> None:
 
 
 def test_timeout_without_base_url() -> None:
-    err = errors.classify_exception(httpx.ReadTimeout("timed out"))
+    err = classifier.classify_exception(httpx.ReadTimeout("timed out"))
     assert type(err) is errors.Timeout
     assert "ReadTimeout" in err.message
 
@@ -698,7 +699,7 @@ STREAM_ERRORS: list[tuple[str, Any, type[errors.OpenAIError], str]] = [
     ("payload", "cls", "message"), [c[1:] for c in STREAM_ERRORS], ids=[c[0] for c in STREAM_ERRORS]
 )
 def test_classify_stream_error(payload: Any, cls: type[errors.OpenAIError], message: str) -> None:
-    err = errors.classify_stream_error(payload)
+    err = classifier.classify_stream_error(payload)
     assert type(err) is cls
     assert err.message == message
     assert err.upstream_status is None  # the HTTP exchange itself succeeded
@@ -707,7 +708,7 @@ def test_classify_stream_error(payload: Any, cls: type[errors.OpenAIError], mess
 
 
 def test_classify_stream_error_keeps_openai_fields() -> None:
-    err = errors.classify_stream_error(
+    err = classifier.classify_stream_error(
         {"error": {"message": "m", "type": "invalid_request_error", "code": "bad_value", "param": "top_p"}}
     )
     assert (err.openai_type, err.openai_code, err.param) == ("invalid_request_error", "bad_value", "top_p")
@@ -715,7 +716,7 @@ def test_classify_stream_error_keeps_openai_fields() -> None:
 
 @pytest.mark.parametrize("payload", [None, "garbage", 42, [1, 2], {}])
 def test_classify_stream_error_on_odd_payloads(payload: Any) -> None:
-    err = errors.classify_stream_error(payload)
+    err = classifier.classify_stream_error(payload)
     assert isinstance(err, errors.OpenAIError)
     assert err.message
     status.to_rpc_status(err)
@@ -871,11 +872,11 @@ def test_no_key_in_an_ordinary_401() -> None:
 
 def test_no_key_in_a_transport_error() -> None:
     exc = httpx.ConnectError("[Errno 111] Connection refused", request=REQUEST)
-    assert_no_key(errors.classify_exception(exc, base_url="https://api.openai.com/v1"))
+    assert_no_key(classifier.classify_exception(exc, base_url="https://api.openai.com/v1"))
 
 
 def test_no_key_from_an_unexpected_exception() -> None:
-    assert_no_key(errors.classify_exception(RuntimeError(f"Bearer {API_KEY}")))
+    assert_no_key(classifier.classify_exception(RuntimeError(f"Bearer {API_KEY}")))
 
 
 def test_no_key_when_the_upstream_echoes_it() -> None:
@@ -896,7 +897,7 @@ def test_no_key_when_the_key_has_a_stray_newline() -> None:
     classify_exception quotes `str(exc)` in its message.
     """
     exc = httpx.LocalProtocolError(f"Illegal header value b'Bearer {API_KEY}\\n'")
-    err = errors.classify_exception(exc, base_url="https://api.openai.com/v1")
+    err = classifier.classify_exception(exc, base_url="https://api.openai.com/v1")
     assert_no_key(err)
 
 
@@ -910,7 +911,7 @@ def test_registered_values_are_redacted_whatever_they_look_like() -> None:
     assert key not in text and token not in text
     assert "short" in text, "values shorter than MIN_SECRET_LENGTH would redact ordinary words"
     body = f'{{"error": {{"message": "{key}"}}}}'.encode()
-    err = errors.classify_response(401, {"x-request-id": f"req-{key}"}, body)
+    err = classifier.classify_response(401, {"x-request-id": f"req-{key}"}, body)
     assert key not in err.message
 
 
@@ -929,3 +930,21 @@ def test_rate_limiter_unavailable_row() -> None:
     assert details["ErrorInfo"].domain == "openai-grpc"
     assert details["RetryInfo"].retry_delay.nanos == 400_000_000
     assert not err.breaker_failure  # Redis being down says nothing about OpenAI
+
+
+def test_the_module_docstring_draws_the_whole_taxonomy() -> None:
+    """The tree in errors.py's docstring is the class hierarchy, with each class's code and reason."""
+    drawn = [
+        line.split()
+        for line in (errors.__doc__ or "").splitlines()
+        if line.strip() and line.strip().split()[0] in vars(errors)
+    ]
+    actual: list[list[str]] = []
+
+    def walk(cls: type[errors.OpenAIError]) -> None:
+        actual.append([cls.__name__, cls.code.name, cls.reason])
+        for sub in sorted(cls.__subclasses__(), key=lambda k: list(vars(errors)).index(k.__name__)):
+            walk(sub)
+
+    walk(errors.OpenAIError)
+    assert drawn == actual

@@ -1,4 +1,4 @@
-"""ResiliencePolicy.execute: order per attempt, reservations, cancellation (DESIGN.md section 6)."""
+"""ResiliencePolicy.execute: order per attempt, reservations, cancellation (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from openai_grpc_server.resilience import (
     ResiliencePolicy,
     RetryConfig,
 )
+from openai_grpc_server.upstream import classify
 
 OP = Operation("POST /chat/completions", "tenant-a", token_estimate=100)
 
 
 def http_error(status: int, headers: dict[str, str] | None = None) -> errors.OpenAIError:
-    return errors.classify_response(
+    return classify.classify_response(
         status, headers or {}, orjson.dumps({"error": {"message": f"HTTP {status}"}})
     )
 

@@ -1,4 +1,4 @@
-"""Per-credential token buckets, reserve/settle, header adjustment and the FIFO queue (seed 9.2)."""
+"""Per-credential token buckets, reserve/settle, header adjustment and the FIFO queue."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from openai_grpc_server import errors
+from openai_grpc_server.config import rate_limit_config
 from openai_grpc_server.resilience import (
     FakeClock,
     Operation,
@@ -25,7 +26,7 @@ def op(tokens: int = 0, *, deadline: float | None = None, credential: str = "ten
 def limiter(clock: FakeClock, hook: RateLimitHook | None = None, **config: object) -> RateLimiter:
     hits: list[tuple[str, str]] = []
     lim = RateLimiter(
-        RateLimitConfig.from_mapping(config),
+        rate_limit_config(config),
         clock=clock,
         hook=hook,
         on_limited=lambda o, kind: hits.append((o.credential, kind)),
@@ -389,7 +390,7 @@ def test_config_defaults_and_parsing() -> None:
     assert RateLimitConfig() == RateLimitConfig(
         None, None, None, None, True, True, 100, None, "local", 0.25, 1
     )
-    cfg = RateLimitConfig.from_mapping(
+    cfg = rate_limit_config(
         {
             "requests_per_minute": "500",
             "tokens_per_minute": 30_000,
@@ -420,11 +421,11 @@ def test_config_defaults_and_parsing() -> None:
 )
 def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
-        RateLimitConfig.from_mapping(data)
+        rate_limit_config(data)
 
 
 def test_shared_mode_settings_and_tenant_limits() -> None:
-    cfg = RateLimitConfig.from_mapping(
+    cfg = rate_limit_config(
         {
             "requests_per_minute": "900",
             "tokens_per_day": "1000",

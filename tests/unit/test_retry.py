@@ -1,4 +1,4 @@
-"""Retry decisions and the retry loop of ResiliencePolicy (seed 9.1, DESIGN.md section 6)."""
+"""Retry decisions and the retry loop of ResiliencePolicy."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from openai_grpc_server import errors
+from openai_grpc_server.config import retry_config
 from openai_grpc_server.resilience import (
     Attempt,
     BreakerConfig,
@@ -28,6 +29,7 @@ from openai_grpc_server.resilience import (
     Verdict,
     parse_duration,
 )
+from openai_grpc_server.upstream import classify
 
 OP = Operation(endpoint="POST /chat/completions", credential="tenant-a")
 
@@ -39,7 +41,7 @@ def upstream(
     message: str = "upstream says no",
 ) -> errors.OpenAIError:
     body = orjson.dumps({"error": {"message": message, "type": code, "code": code}})
-    return errors.classify_response(status, headers or {}, body)
+    return classify.classify_response(status, headers or {}, body)
 
 
 class Recorder(NullObserver):
@@ -222,9 +224,9 @@ def test_quota_exhaustion_is_classified_and_refused() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        errors.classify_exception(httpx.ConnectError("connection refused")),
-        errors.classify_exception(httpx.ReadTimeout("slow")),
-        errors.classify_exception(httpx.RemoteProtocolError("peer closed connection")),
+        classify.classify_exception(httpx.ConnectError("connection refused")),
+        classify.classify_exception(httpx.ReadTimeout("slow")),
+        classify.classify_exception(httpx.RemoteProtocolError("peer closed connection")),
         errors.StreamInterrupted("stream ended before [DONE]"),
         upstream(408),
         upstream(409),
@@ -405,7 +407,7 @@ def test_config_defaults_match_the_seed() -> None:
 
 
 def test_config_from_strings() -> None:
-    cfg = RetryConfig.from_mapping(
+    cfg = retry_config(
         {
             "max_retries": "5",
             "initial_backoff": "250ms",
@@ -416,7 +418,7 @@ def test_config_from_strings() -> None:
         }
     )
     assert cfg == RetryConfig(5, 0.25, 60.0, 1.5, 0.2, (429, 500, 503))
-    assert RetryConfig.from_mapping({"retryable_status_codes": [502, "504"]}).retryable_status_codes == (
+    assert retry_config({"retryable_status_codes": [502, "504"]}).retryable_status_codes == (
         502,
         504,
     )
@@ -437,7 +439,7 @@ def test_config_from_strings() -> None:
 )
 def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
-        RetryConfig.from_mapping(data)
+        retry_config(data)
 
 
 @pytest.mark.parametrize(

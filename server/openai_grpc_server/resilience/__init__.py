@@ -1,4 +1,4 @@
-"""Resilience for upstream calls (seed section 9, DESIGN.md section 6): retry with backoff and
+"""Resilience for upstream calls (docs/architecture.md, Resilience): retry with backoff and
 Retry-After, per-credential token-bucket rate limits, and a circuit breaker, combined per
 attempt by `ResiliencePolicy.execute`."""
 
@@ -14,7 +14,8 @@ from .breaker import (
     RequestOutcome,
 )
 from .clock import Clock, FakeClock, MonotonicClock
-from .policy import Attempt, NullObserver, Operation, ResilienceObserver, ResiliencePolicy
+from .operation import Attempt, Operation
+from .policy import NullObserver, ResilienceObserver, ResiliencePolicy
 from .rate_limit import (
     RateLimitConfig,
     RateLimitDecision,

@@ -1,8 +1,8 @@
-"""Circuit breaker (seed 9.3): a thin wrapper over aiobreaker 1.2.0.
+"""Circuit breaker: a thin wrapper over aiobreaker 1.2.0.
 
 aiobreaker keeps the state machine (closed / open / half-open, its storage, its listeners) and
 decides, in the closed state, when the failure count trips the circuit. This wrapper fixes what
-aiobreaker 1.2.0 gets wrong for a gateway, and adds the seed's knobs it lacks:
+aiobreaker 1.2.0 gets wrong for a gateway, and adds the knobs it lacks:
 
 * Time. aiobreaker stamps `opened_at` with `datetime.utcnow()` but computes `opens_at` /
   `time_until_open` against local `datetime.now()`, so recovery times are off by the UTC offset
@@ -27,20 +27,20 @@ import asyncio
 import collections
 import dataclasses
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiobreaker  # type: ignore[import-untyped, unused-ignore]
 from aiobreaker.storage.memory import CircuitMemoryStorage  # type: ignore[import-untyped, unused-ignore]
 
 from openai_grpc_server import errors
+from openai_grpc_server.coerce import check
 
 from .clock import Clock, MonotonicClock, fire_hook, notify
-from .retry import check, coerce_bool, coerce_int, coerce_mapping, coerce_seconds
 
 if TYPE_CHECKING:
-    from .policy import Operation
+    from .operation import Operation
 
 __all__ = [
     "GLOBAL_BREAKER",
@@ -81,7 +81,7 @@ class RequestOutcome(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class CircuitStats:
-    """Seed 9.3.2. Times are on the breaker's monotonic clock."""
+    """Times are on the breaker's monotonic clock."""
 
     failure_count: int  # failures currently counted toward failure_threshold
     success_count: int  # successes since the last state change
@@ -93,7 +93,7 @@ class CircuitStats:
 # --- config ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class BreakerConfig:
-    """Seed 9.3.1. Durations in seconds. The seed's failure predicates are fixed: an error
+    """The `breaker:` settings (read in config.py). Durations in seconds. What fails is fixed: an error
     counts when its taxonomy class says `breaker_failure`."""
 
     failure_threshold: int = 5
@@ -118,30 +118,12 @@ class BreakerConfig:
             f"must be > 0 seconds, got {self.recovery_timeout}",
         )
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
-        """Build from env/file values: numbers or strings ("5", "30s", "true")."""
-        return cls(
-            **coerce_mapping(
-                "breaker",
-                cls,
-                data,
-                {
-                    "failure_threshold": coerce_int,
-                    "success_threshold": coerce_int,
-                    "failure_window": coerce_seconds,
-                    "recovery_timeout": coerce_seconds,
-                    "per_endpoint": coerce_bool,
-                },
-            )
-        )
 
-
-# --- hook (seed 9.3.2) -----------------------------------------------------------------------
+# --- hook ------------------------------------------------------------------------------------
 class CircuitBreakerHook(Protocol):
-    """Seed 9.3.2. Methods may be plain or `async` (async ones run in the background: a hook
+    """Methods may be plain or `async` (async ones run in the background: a hook
     never delays a call). Subclass to inherit the no-op defaults. `endpoint` is the breaker key:
-    the operation's endpoint when per_endpoint, else "all"; the seed's `request_id` is the
+    the operation's endpoint when per_endpoint, else "all"; the call is named by its
     `Operation`."""
 
     def on_state_change(

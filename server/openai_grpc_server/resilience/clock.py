@@ -130,7 +130,7 @@ async def _yield(times: int) -> None:
 
 
 # --- hook plumbing ---------------------------------------------------------------------------
-# Hooks (seed section 9) may be plain or async methods. A failing hook must never fail the call
+# Hooks (retry, rate limit, breaker) may be plain or async methods. A failing hook must never fail the call
 # it observes: errors are logged and the default behaviour applies.
 
 _background: set[asyncio.Task[Any]] = set()

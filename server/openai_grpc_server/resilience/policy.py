@@ -15,7 +15,6 @@ counted by the breaker, and always propagates: swallowing it leaks the call in g
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -24,6 +23,7 @@ from openai_grpc_server import errors
 
 from .breaker import BreakerConfig, BreakerRegistry, CircuitBreakerHook, CircuitState
 from .clock import Clock, MonotonicClock, call_hook, notify
+from .operation import Attempt, Operation
 from .rate_limit import RateLimitConfig, RateLimiter, RateLimitHook, RateLimitType, Reservation
 from .retry import RetryConfig, RetryDecision, RetryHook, RetryPolicy, Verdict
 
@@ -37,22 +37,6 @@ T = TypeVar("T")
 # An HTTP timeout this close to the deadline was set by the deadline (timers fire a little early
 # or late); such a timeout says nothing about the upstream's health.
 _DEADLINE_SLACK = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class Operation:
-    endpoint: str  # "POST /chat/completions": breaker key when per_endpoint, metric label
-    credential: str  # rate-limit bucket key: a tenant/credential id (never the API key itself)
-    token_estimate: int = 0  # tokens to reserve before sending (prompt estimate + max output)
-    deadline: float | None = None  # absolute time on the policy's clock; None = no deadline
-    # False when an attempt cannot be repeated (an upload whose body was consumed as it was sent).
-    replayable: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class Attempt:
-    number: int  # 1-based
-    timeout: float | None  # seconds left before the deadline, for the HTTP timeout
 
 
 class ResilienceObserver(Protocol):

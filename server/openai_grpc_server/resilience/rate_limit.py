@@ -1,4 +1,4 @@
-"""Local rate limiting (seed 9.2): token buckets per credential, a reserve/settle cycle, and a
+"""Local rate limiting: token buckets per credential, a reserve/settle cycle, and a
 bounded FIFO wait queue limited by the caller's deadline.
 
 Each credential (tenant) has up to four buckets: requests and tokens per minute and per day.
@@ -33,24 +33,16 @@ import dataclasses
 import enum
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from openai_grpc_server import errors
+from openai_grpc_server.coerce import check, coerce_optional_int, parse_duration
 
 from .clock import Clock, MonotonicClock, call_hook, fire_hook, notify
-from .retry import (
-    check,
-    coerce_bool,
-    coerce_int,
-    coerce_mapping,
-    coerce_optional_int,
-    coerce_seconds,
-    header,
-    parse_duration,
-)
+from .retry import header
 
 if TYPE_CHECKING:
-    from .policy import Operation
+    from .operation import Operation
 
 __all__ = [
     "RateLimitConfig",
@@ -85,7 +77,7 @@ _TOKEN_KINDS = frozenset({RateLimitType.TOKENS_PER_MINUTE, RateLimitType.TOKENS_
 # --- config ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RateLimitConfig:
-    """Seed 9.2.1. A limit of None means unlimited (the default)."""
+    """The `rate_limit:` settings (read in config.py). A limit of None means unlimited (the default)."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -133,30 +125,6 @@ class RateLimitConfig:
             "must be a redis://, rediss:// or unix:// URL",
         )
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
-        """Build from env/file values; "", "none" or "unlimited" leave a limit off."""
-        return cls(
-            **coerce_mapping(
-                "rate_limit",
-                cls,
-                data,
-                {
-                    "requests_per_minute": coerce_optional_int,
-                    "tokens_per_minute": coerce_optional_int,
-                    "requests_per_day": coerce_optional_int,
-                    "tokens_per_day": coerce_optional_int,
-                    "auto_adjust": coerce_bool,
-                    "queue_requests": coerce_bool,
-                    "max_queue_size": coerce_int,
-                    "redis_url": _coerce_optional_str,
-                    "redis_failure": _coerce_lower,
-                    "redis_timeout": coerce_seconds,
-                    "replicas_hint": coerce_int,
-                },
-            )
-        )
-
     def limit(self, kind: RateLimitType) -> int | None:
         value: int | None = getattr(self, kind.value)
         return value
@@ -186,15 +154,6 @@ class RateLimitConfig:
 _KINDS_TEXT = ", ".join(kind.value for kind in _WINDOW_SECONDS)
 
 
-def _coerce_optional_str(section: str, key: str, value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
-
-
-def _coerce_lower(section: str, key: str, value: Any) -> str:
-    return str(value).strip().lower()
-
-
 # --- upstream headers ------------------------------------------------------------------------
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     raw = header(headers, name)
@@ -220,7 +179,7 @@ def _duration_header(headers: Mapping[str, str], name: str) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class RateLimitHeaders:
-    """Seed 9.2.2: OpenAI's `x-ratelimit-*` headers; resets in seconds."""
+    """OpenAI's `x-ratelimit-*` headers; resets in seconds."""
 
     limit_requests: int | None = None
     limit_tokens: int | None = None
@@ -243,7 +202,7 @@ class RateLimitHeaders:
         return None if parsed == cls() else parsed
 
 
-# --- hook (seed 9.2.2) -----------------------------------------------------------------------
+# --- hook ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RateLimitDecision:
     """What a `RateLimitHook` wants: `wait(delay)`, `queue()`, `reject()` or `default()`."""
@@ -271,9 +230,9 @@ class RateLimitDecision:
 
 
 class RateLimitHook(Protocol):
-    """Seed 9.2.2. Methods may be plain or `async`; subclass to inherit the no-op defaults.
+    """Methods may be plain or `async`; subclass to inherit the no-op defaults.
 
-    The seed's `request_id` is the `Operation` here (endpoint, credential, estimate, deadline).
+    The call is named by its `Operation` (endpoint, credential, estimate, deadline).
     `on_rate_limit` runs when a request cannot go at once: `wait(d)` sleeps d (never past the
     deadline) then tries again from the back of the line, `queue()` queues even when
     `queue_requests` is off (the queue bound and the deadline still apply), `reject()` fails now.

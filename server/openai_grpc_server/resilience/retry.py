@@ -1,4 +1,4 @@
-"""Retry decisions (seed 9.1): which failures to retry, and how long to wait before the next try.
+"""Retry decisions: which failures to retry, and how long to wait before the next try.
 
 This module is pure: it decides, `policy.py` sleeps. The decision for one failed attempt:
 
@@ -22,11 +22,11 @@ import dataclasses
 import enum
 import math
 import random
-import re
-from collections.abc import Awaitable, Iterable, Mapping
-from typing import Any, Literal, Protocol, Self
+from collections.abc import Awaitable, Mapping
+from typing import Literal, Protocol
 
 from openai_grpc_server import errors
+from openai_grpc_server.coerce import check, parse_duration
 
 __all__ = [
     "RetryConfig",
@@ -41,148 +41,10 @@ __all__ = [
 ]
 
 
-# --- config value parsing (shared by the three configs) --------------------------------------
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration ("20ms", "1s", "6m0s", "1h2m3.5s") or a bare number."""
-    raw = text.strip().lower()
-    if not raw:
-        raise ValueError("empty duration")
-    try:
-        value = float(raw)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise ValueError(f"not a finite duration: {text!r}")
-        return value
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(raw):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(raw) or pos == 0:
-        raise ValueError(f"not a duration: {text!r}")
-    return total
-
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-_NONE = frozenset({"", "none", "null", "unlimited"})
-
-
-def _err(section: str, key: str, message: str) -> ValueError:
-    return ValueError(f"{section}.{key}: {message}")
-
-
-def coerce_int(section: str, key: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise _err(section, key, f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip().replace("_", ""))
-        except ValueError:
-            pass
-    raise _err(section, key, f"expected an integer, got {value!r}")
-
-
-def coerce_optional_int(section: str, key: str, value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
-        return None
-    return coerce_int(section, key, value)
-
-
-def coerce_float(section: str, key: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise _err(section, key, f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except ValueError:
-            raise _err(section, key, f"expected a number, got {value!r}") from None
-    else:
-        raise _err(section, key, f"expected a number, got {value!r}")
-    if not math.isfinite(result):
-        raise _err(section, key, f"expected a finite number, got {value!r}")
-    return result
-
-
-def coerce_seconds(section: str, key: str, value: Any) -> float:
-    """A duration: a number of seconds, or a string like "500ms", "30s", "1m"."""
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except ValueError:
-            raise _err(section, key, f"expected seconds or a duration like '500ms', got {value!r}") from None
-    return coerce_float(section, key, value)
-
-
-def coerce_bool(section: str, key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-    raise _err(section, key, f"expected true or false, got {value!r}")
-
-
-def coerce_mapping(
-    section: str, cls: type[Any], data: Mapping[str, Any], coercers: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Coerce each known key; an unknown key is an error (a typo must not silently do nothing)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ValueError(f"{section}.{key}: unknown setting (known: {', '.join(sorted(known))})")
-        out[key] = coercers[key](section, key, value)
-    return out
-
-
-def check(ok: bool, section: str, key: str, message: str) -> None:
-    if not ok:
-        raise _err(section, key, message)
-
-
-def _coerce_status_codes(section: str, key: str, value: Any) -> tuple[int, ...]:
-    items: Iterable[Any]
-    if isinstance(value, str):
-        items = [part for part in re.split(r"[,\s]+", value.strip()) if part]
-    elif isinstance(value, Iterable):
-        items = value
-    else:
-        raise _err(section, key, f"expected a list of HTTP status codes, got {value!r}")
-    return tuple(sorted({coerce_int(section, key, item) for item in items}))
-
-
 # --- config ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RetryConfig:
-    """Seed 9.1.1. Durations in seconds."""
+    """The `retry:` settings (read in config.py). Durations in seconds."""
 
     max_retries: int = 3
     initial_backoff: float = 0.5
@@ -213,27 +75,8 @@ class RetryConfig:
         # Normalise so equal configs compare equal whatever order the codes came in.
         object.__setattr__(self, "retryable_status_codes", tuple(sorted(set(self.retryable_status_codes))))
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Self:
-        """Build from env/file values: numbers or strings ("0.5", "500ms", "408,429,500")."""
-        return cls(
-            **coerce_mapping(
-                "retry",
-                cls,
-                data,
-                {
-                    "max_retries": coerce_int,
-                    "initial_backoff": coerce_seconds,
-                    "max_backoff": coerce_seconds,
-                    "backoff_multiplier": coerce_float,
-                    "jitter": coerce_float,
-                    "retryable_status_codes": _coerce_status_codes,
-                },
-            )
-        )
 
-
-# --- hook (seed 9.1.2) -----------------------------------------------------------------------
+# --- hook ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RetryDecision:
     """What a `RetryHook` wants: `retry(delay)`, `abort()` or `default()`."""
@@ -257,7 +100,7 @@ class RetryDecision:
 
 
 class RetryHook(Protocol):
-    """Seed 9.1.2. Methods may be plain or `async`; subclass to inherit the no-op defaults.
+    """Methods may be plain or `async`; subclass to inherit the no-op defaults.
 
     `on_retry` is consulted only when the policy would retry; it can change the delay or abort,
     but even its delay never sleeps past the caller's deadline. `attempt` is the number of the

@@ -63,7 +63,7 @@ from .rate_limit import (
 )
 
 if TYPE_CHECKING:
-    from .policy import Operation
+    from .operation import Operation
 
 __all__ = ["SharedRateLimiter", "redis_key"]
 

@@ -12,36 +12,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from opentelemetry.trace import Span
 
 from openai_grpc_server import codec, jsonlib, routes, validation
+from openai_grpc_server.call import (
+    Call,
+    Context,
+    Undecodable,
+    ensure_decoded,
+    usage_of,
+)
 from openai_grpc_server.errors import (
     DeserializationError,
     InvalidContentType,
     OpenAIError,
     ResponseTooLarge,
     StreamInterrupted,
-    classify_exception,
-    classify_stream_error,
 )
-from openai_grpc_server.gateway import (
-    Call,
-    Context,
-    Gateway,
-    Undecodable,
-    ensure_decoded,
-    total_tokens,
-    usage_of,
-)
+from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import Attempt, Reservation
 from openai_grpc_server.routes import Route
+from openai_grpc_server.upstream.classify import classify_exception, classify_stream_error
 from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
 
@@ -209,222 +205,212 @@ def _is_error(sse: SSEEvent, payload: Any) -> bool:
 async def relay_events(
     gw: Gateway, route: Route, raw: Message | Undecodable, context: Context
 ) -> AsyncIterator[Message]:
-    started = time.perf_counter()
-    call: Call | None = None
     sent = 0
     opened: _Open | None = None
-    span: Span | None = None
     reservation: Reservation | None = None
     converter = _converter(route)
-    try:
-        credential = gw.authenticate(context)
-        request = ensure_decoded(route, raw)
-        validation.check(route, request, streaming=True)
-        req = routes.build_request(route, request, stream=True)
-        hide_usage = _ask_for_usage(route, req.body)
-        body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-        call = gw.begin(route, request, context, req.body, len(body_bytes or b""), credential, started)
-        span = gw.telemetry.stream_span(call)
-        active = call
+    async with gw.boundary(route, context) as rpc:
+        try:
+            request = ensure_decoded(route, raw)
+            validation.check(route, request, streaming=True)
+            req = routes.build_request(route, request, stream=True)
+            hide_usage = _ask_for_usage(route, req.body)
+            body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
+            call = rpc.call = gw.begin(
+                route, request, context, req.body, len(body_bytes or b""), rpc.credential, rpc.started
+            )
+            rpc.span = gw.telemetry.stream_span(call)
+            active = call
 
-        async def attempt(a: Attempt) -> _Open:
-            decoder = SSEDecoder(gw.max_event_bytes)  # a retried attempt starts from a clean slate
+            async def attempt(a: Attempt) -> _Open:
+                decoder = SSEDecoder(gw.max_event_bytes)  # a retried attempt starts from a clean slate
 
-            def feed(chunk: bytes) -> list[SSEEvent]:
-                events = decoder.feed(chunk)
-                if not events and decoder.overflow:
-                    raise event_too_large(gw.max_event_bytes, 0)
-                return events
+                def feed(chunk: bytes) -> list[SSEEvent]:
+                    events = decoder.feed(chunk)
+                    if not events and decoder.overflow:
+                        raise event_too_large(gw.max_event_bytes, 0)
+                    return events
 
-            opened = await _open_upstream(gw, route, active, req, a, feed, raw=False, payload=body_bytes)
-            if not opened.first:
-                await asyncio.shield(opened.response.aclose())
-                if decoder.seen_bytes:
-                    raise DeserializationError(
-                        f"OpenAI's stream carried no server-sent event in {decoder.seen_bytes} bytes",
-                        upstream_status=opened.response.status_code,
-                        request_id=opened.response.headers.get("x-request-id"),
-                    )
-                raise StreamInterrupted("OpenAI closed the stream before sending any event")
-            opened.decoder = decoder
-            return opened
+                opened = await _open_upstream(gw, route, active, req, a, feed, raw=False, payload=body_bytes)
+                if not opened.first:
+                    await asyncio.shield(opened.response.aclose())
+                    if decoder.seen_bytes:
+                        raise DeserializationError(
+                            f"OpenAI's stream carried no server-sent event in {decoder.seen_bytes} bytes",
+                            upstream_status=opened.response.status_code,
+                            request_id=opened.response.headers.get("x-request-id"),
+                        )
+                    raise StreamInterrupted("OpenAI closed the stream before sending any event")
+                opened.decoder = decoder
+                return opened
 
-        stream, reservation = await gw.policy.execute(call.op, attempt)
-        opened = stream  # closed in `finally`
-        gw.telemetry.first_chunk(call)
-        trailing = forwarded_metadata(stream.response.headers)
-        gw.observe(call, trailing)
-        context.set_trailing_metadata(trailing)
-        usage: dict[str, Any] | None = None
-        usage_event: Any = None
-        finished = False
-        batch: list[SSEEvent] = stream.first
-        decoder = stream.decoder
-        assert decoder is not None
-        while True:
-            out: list[Message] = []
-            for sse in batch:
-                if sse.data == DONE:
-                    finished = True
-                    continue
+            stream, reservation = await gw.policy.execute(call.op, attempt)
+            opened = stream  # closed in `finally`
+            gw.telemetry.first_chunk(call)
+            trailing = forwarded_metadata(stream.response.headers)
+            gw.observe(call, trailing)
+            context.set_trailing_metadata(trailing)
+            usage: dict[str, Any] | None = None
+            usage_event: Any = None
+            finished = False
+            batch: list[SSEEvent] = stream.first
+            decoder = stream.decoder
+            assert decoder is not None
+            while True:
+                out: list[Message] = []
+                for sse in batch:
+                    if sse.data == DONE:
+                        finished = True
+                        continue
+                    try:
+                        payload = jsonlib.loads(sse.data)
+                    except jsonlib.JSONDecodeError:
+                        if out:  # events that arrived before the broken one still reach the caller
+                            yield route.output_cls(events=out)
+                            sent += 1
+                        raise DeserializationError(
+                            f"OpenAI sent an event that is not JSON after {sent} messages",
+                            metadata={"messagesDelivered": str(sent)},
+                        ) from None
+                    if _is_error(sse, payload):
+                        if out:  # events that arrived before the error still reach the caller
+                            yield route.output_cls(events=out)
+                            sent += 1
+                        raise classify_stream_error(payload)
+                    found = usage_of(payload)
+                    if found is not None:
+                        usage, usage_event = found, payload
+                        if hide_usage and payload.get("choices") == []:
+                            continue  # the usage chunk the gateway asked for, not the caller
+                    etype = payload.get("type") if isinstance(payload, dict) else None
+                    if sse.event in _TERMINAL_TYPES or etype in _TERMINAL_TYPES:
+                        finished = True
+                    try:
+                        out.append(converter.convert(sse, payload))
+                    except codec.CodecError as exc:
+                        if out:
+                            yield route.output_cls(events=out)
+                            sent += 1
+                        raise DeserializationError(
+                            f"OpenAI sent an event that does not fit {route.output_desc.name}: {exc}, "
+                            f"after {sent} messages",
+                            metadata={"messagesDelivered": str(sent)},
+                        ) from exc
+                if out:
+                    if gw.coalesce_events:
+                        yield route.output_cls(events=out)
+                        sent += 1
+                    else:
+                        for event in out:
+                            yield route.output_cls(events=[event])
+                            sent += 1
+                    gw.telemetry.streamed(call, len(out))
+                if decoder.overflow:
+                    raise event_too_large(gw.max_event_bytes, sent)
                 try:
-                    payload = jsonlib.loads(sse.data)
-                except jsonlib.JSONDecodeError:
-                    if out:  # events that arrived before the broken one still reach the caller
-                        yield route.output_cls(events=out)
-                        sent += 1
-                    raise DeserializationError(
-                        f"OpenAI sent an event that is not JSON after {sent} messages",
-                        metadata={"messagesDelivered": str(sent)},
-                    ) from None
-                if _is_error(sse, payload):
-                    if out:  # events that arrived before the error still reach the caller
-                        yield route.output_cls(events=out)
-                        sent += 1
-                    raise classify_stream_error(payload)
-                found = usage_of(payload)
-                if found is not None:
-                    usage, usage_event = found, payload
-                    if hide_usage and payload.get("choices") == []:
-                        continue  # the usage chunk the gateway asked for, not the caller
-                etype = payload.get("type") if isinstance(payload, dict) else None
-                if sse.event in _TERMINAL_TYPES or etype in _TERMINAL_TYPES:
-                    finished = True
-                try:
-                    out.append(converter.convert(sse, payload))
-                except codec.CodecError as exc:
-                    if out:
-                        yield route.output_cls(events=out)
-                        sent += 1
-                    raise DeserializationError(
-                        f"OpenAI sent an event that does not fit {route.output_desc.name}: {exc}, "
-                        f"after {sent} messages",
+                    chunk = await anext(stream.chunks)
+                except StopAsyncIteration:
+                    break
+                except (httpx.HTTPError, ConnectionError) as exc:
+                    err = classify_exception(exc)
+                    raise StreamInterrupted(
+                        f"the upstream stream broke after {sent} messages: {err.message}",
                         metadata={"messagesDelivered": str(sent)},
                     ) from exc
-            if out:
-                if gw.coalesce_events:
-                    yield route.output_cls(events=out)
-                    sent += 1
-                else:
-                    for event in out:
-                        yield route.output_cls(events=[event])
-                        sent += 1
-                gw.telemetry.streamed(call, len(out))
-            if decoder.overflow:
-                raise event_too_large(gw.max_event_bytes, sent)
-            try:
-                chunk = await anext(stream.chunks)
-            except StopAsyncIteration:
-                break
-            except (httpx.HTTPError, ConnectionError) as exc:
-                err = classify_exception(exc)
+                batch = decoder.feed(chunk)
+            batch = decoder.close()
+            if any(e.data == DONE for e in batch):
+                finished = True
+            if not finished:
                 raise StreamInterrupted(
-                    f"the upstream stream broke after {sent} messages: {err.message}",
+                    f"OpenAI ended the stream without finishing it, after {sent} messages",
                     metadata={"messagesDelivered": str(sent)},
-                ) from exc
-            batch = decoder.feed(chunk)
-        batch = decoder.close()
-        if any(e.data == DONE for e in batch):
-            finished = True
-        if not finished:
-            raise StreamInterrupted(
-                f"OpenAI ended the stream without finishing it, after {sent} messages",
-                metadata={"messagesDelivered": str(sent)},
-            )
-        reservation.settle(total_tokens(usage) if usage else call.op.token_estimate)
-        gw.telemetry.response(call, usage_event, usage)
-        gw.telemetry.request_done(route, call)
-    except asyncio.CancelledError:
-        # The caller left: not an upstream failure. Tokens come back unless generation had
-        # already reached the caller, in which case the estimate stays charged.
-        if reservation is not None and call is not None:
-            if sent:
-                reservation.settle(call.op.token_estimate)
-            else:
-                reservation.release()
-        gw.telemetry.cancelled(route, call, started)
-        raise
-    except Exception as exc:
-        if isinstance(exc, OpenAIError) and sent and call is not None:
-            if not isinstance(exc, StreamInterrupted):
-                exc.metadata.setdefault("messagesDelivered", str(sent))
-            gw.policy.record_outcome(call.op, exc)
-        await gw.fail(context, call, route, exc, started)
-    finally:
-        if opened is not None:
-            await asyncio.shield(opened.response.aclose())
-        if span is not None:
-            span.end()
+                )
+            gw.settle(reservation, call, usage)
+            gw.telemetry.response(call, usage_event, usage)
+            gw.telemetry.request_done(route, call)
+        except asyncio.CancelledError:
+            # The caller left: not an upstream failure. Tokens come back unless generation had
+            # already reached the caller, in which case the estimate stays charged.
+            if reservation is not None and rpc.call is not None:
+                if sent:
+                    reservation.settle(rpc.call.op.token_estimate)
+                else:
+                    reservation.release()
+            raise
+        except OpenAIError as exc:
+            # A stream that reached the caller fails like a call: the breaker hears of it.
+            if sent and rpc.call is not None:
+                if not isinstance(exc, StreamInterrupted):
+                    exc.metadata.setdefault("messagesDelivered", str(sent))
+                gw.policy.record_outcome(rpc.call.op, exc)
+            raise
+        finally:
+            if opened is not None:
+                await asyncio.shield(opened.response.aclose())
 
 
 async def relay_binary(
     gw: Gateway, route: Route, raw: Message | Undecodable, context: Context
 ) -> AsyncIterator[Message]:
     """Downloads and speech: relay bytes as they arrive, one `BinaryChunk` per upstream read."""
-    started = time.perf_counter()
-    call: Call | None = None
     opened: _Open | None = None
     sent = 0
-    span: Span | None = None
-    try:
-        credential = gw.authenticate(context)
-        request = ensure_decoded(route, raw)
-        validation.check(route, request)
-        req = routes.build_request(route, request)
-        body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-        call = gw.begin(route, request, context, req.body, 0, credential, started)
-        span = gw.telemetry.stream_span(call)
-        active = call
+    async with gw.boundary(route, context) as rpc:
+        try:
+            request = ensure_decoded(route, raw)
+            validation.check(route, request)
+            req = routes.build_request(route, request)
+            body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
+            call = rpc.call = gw.begin(route, request, context, req.body, 0, rpc.credential, rpc.started)
+            rpc.span = gw.telemetry.stream_span(call)
+            active = call
 
-        async def attempt(a: Attempt) -> _Open:
-            return await _open_upstream(
-                gw,
-                route,
-                active,
-                req,
-                a,
-                lambda chunk: [chunk] if chunk else [],
-                raw=True,
-                payload=body_bytes,
+            async def attempt(a: Attempt) -> _Open:
+                return await _open_upstream(
+                    gw,
+                    route,
+                    active,
+                    req,
+                    a,
+                    lambda chunk: [chunk] if chunk else [],
+                    raw=True,
+                    payload=body_bytes,
+                )
+
+            download, reservation = await gw.policy.execute(call.op, attempt)
+            opened = download  # closed in `finally`
+            gw.settle(reservation, call, None)  # bytes carry no usage: the estimate stays charged
+            # Like every call, the upstream's `x-ratelimit-*` headers correct the limiter.
+            trailing = forwarded_metadata(download.response.headers)
+            gw.observe(call, trailing)
+            context.set_trailing_metadata(trailing)
+            ctype = download.response.headers.get("content-type", "application/octet-stream")
+            pending = download.first
+            make_chunk = message_factory.GetMessageClass(
+                codec.message_type(route.output_desc.fields_by_name["chunk"])
             )
-
-        download, reservation = await gw.policy.execute(call.op, attempt)
-        opened = download  # closed in `finally`
-        reservation.settle(0)
-        context.set_trailing_metadata(forwarded_metadata(download.response.headers))
-        ctype = download.response.headers.get("content-type", "application/octet-stream")
-        pending = download.first
-        make_chunk = message_factory.GetMessageClass(
-            codec.message_type(route.output_desc.fields_by_name["chunk"])
-        )
-        first = True
-        while True:
-            for data in pending:
-                piece = make_chunk(data=data)
-                if first:
-                    piece.content_type = ctype  # type: ignore[attr-defined]
-                    first = False
-                yield route.output_cls(chunk=piece)
-                sent += 1
-            if download.done:
-                break
-            try:
-                pending = [await anext(download.chunks)]
-            except StopAsyncIteration:
-                break
-            except (httpx.HTTPError, ConnectionError) as exc:
-                raise StreamInterrupted(
-                    f"the download broke after {sent} chunks: {classify_exception(exc).message}",
-                    metadata={"messagesDelivered": str(sent)},
-                ) from exc
-        gw.telemetry.request_done(route, call)
-    except Exception as exc:
-        await gw.fail(context, call, route, exc, started)
-    except asyncio.CancelledError:  # the caller left: logged, and always re-raised
-        gw.telemetry.cancelled(route, call, started)
-        raise
-    finally:
-        if opened is not None:
-            await asyncio.shield(opened.response.aclose())
-        if span is not None:
-            span.end()
+            first = True
+            while True:
+                for data in pending:
+                    piece = make_chunk(data=data)
+                    if first:
+                        piece.content_type = ctype  # type: ignore[attr-defined]
+                        first = False
+                    yield route.output_cls(chunk=piece)
+                    sent += 1
+                if download.done:
+                    break
+                try:
+                    pending = [await anext(download.chunks)]
+                except StopAsyncIteration:
+                    break
+                except (httpx.HTTPError, ConnectionError) as exc:
+                    raise StreamInterrupted(
+                        f"the download broke after {sent} chunks: {classify_exception(exc).message}",
+                        metadata={"messagesDelivered": str(sent)},
+                    ) from exc
+            gw.telemetry.request_done(route, call)
+        finally:
+            if opened is not None:
+                await asyncio.shield(opened.response.aclose())

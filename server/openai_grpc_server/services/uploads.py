@@ -8,27 +8,23 @@ before that (breaker open, limiter full) is reported like any other call.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
 
 from openai_grpc_server import codec, validation
-from openai_grpc_server.errors import MalformedRequest
-from openai_grpc_server.gateway import (
-    Call,
+from openai_grpc_server.call import (
     Context,
-    Gateway,
     Undecodable,
     decode_answer,
     ensure_decoded,
-    total_tokens,
     usage_of,
 )
+from openai_grpc_server.errors import MalformedRequest
+from openai_grpc_server.gateway import Gateway
 from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import QUERY_LIST_SUFFIX, Route, flatten
 from openai_grpc_server.upstream.client import forwarded_metadata
@@ -108,10 +104,7 @@ class MultipartStream:
 async def relay_upload(
     gw: Gateway, route: Route, requests: AsyncIterator[Message | Undecodable], context: Context
 ) -> Message:
-    started = time.perf_counter()
-    call: Call | None = None
-    try:
-        credential = gw.authenticate(context)
+    async with gw.boundary(route, context) as rpc:
         try:
             head = ensure_decoded(route, await anext(requests))
         except StopAsyncIteration:
@@ -126,7 +119,7 @@ async def relay_upload(
         assert isinstance(data, dict)
         params = {p: data.pop(p, "") for p in route.path_params}
         path = route.build_path(params)
-        call = gw.begin(route, meta, context, data, 0, credential, started)
+        call = rpc.call = gw.begin(route, meta, context, data, 0, rpc.credential, rpc.started)
         body = MultipartStream(
             form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"), route
         )
@@ -150,17 +143,11 @@ async def relay_upload(
             value, reservation = await gw.policy.execute(op, attempt)
         forwarded = forwarded_metadata(value.headers)
         gw.observe(call, forwarded)
-        usage = usage_of(value.body)
-        reservation.settle(total_tokens(usage) if usage else 0)
+        gw.settle(reservation, call, usage_of(value.body))
         response = decode_answer(route, value)
         context.set_trailing_metadata(forwarded)
         gw.telemetry.request_done(route, call)
         return response
-    except Exception as exc:
-        await gw.fail(context, call, route, exc, started)
-    except asyncio.CancelledError:  # the caller left: logged, and always re-raised
-        gw.telemetry.cancelled(route, call, started)
-        raise
 
 
 __all__ = ["MultipartStream", "form_fields", "relay_upload"]

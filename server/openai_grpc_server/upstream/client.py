@@ -14,14 +14,8 @@ from typing import Any, NoReturn
 import httpx
 from openai_grpc_server import __version__, jsonlib
 from openai_grpc_server.auth import Credential
-from openai_grpc_server.errors import (
-    DeserializationError,
-    OpenAIError,
-    ResponseTooLarge,
-    classify_exception,
-    classify_response,
-    redact,
-)
+from openai_grpc_server.errors import DeserializationError, OpenAIError, ResponseTooLarge, redact
+from openai_grpc_server.upstream.classify import classify_exception, classify_response
 
 USER_AGENT = f"openai-grpc/{__version__}"
 # Response headers callers get back as gRPC metadata.
