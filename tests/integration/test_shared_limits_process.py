@@ -18,14 +18,14 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from google.protobuf import json_format
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2
 from openai_grpc_server import routes
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience.shared_limit import KEY_PREFIX
 
-from tests.integration.test_process import clean_env, free_port
-from tests.redis_server import RedisServer, available
-from tests.rich_status import DETAIL_TYPES
+from tests.support.process import clean_env, free_port
+from tests.support.redis_server import RedisServer, available
+from tests.support.rich_status import details_of
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,13 +60,14 @@ class Replica:
     proc: asyncio.subprocess.Process
     port: int
     channel: grpc.aio.Channel
+    logs: str = ""  # its stderr, once it has exited
 
     def call(self, rpc: str, body: dict[str, Any], token: str | None = None, timeout: float = 20) -> Any:
         route = ROUTES[rpc]
         request = json_format.ParseDict(body, route.input_cls())
         metadata = (("authorization", f"Bearer {token}"),) if token else None
         if rpc.startswith("Stream"):
-            stub = self.channel.unary_stream(
+            stub: Any = self.channel.unary_stream(
                 route.full_method, route.input_cls.SerializeToString, route.output_cls.FromString
             )
         else:
@@ -108,22 +109,14 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
             await r.channel.close(None)
             r.proc.send_signal(signal.SIGTERM)
         for r in started:
-            await asyncio.wait_for(r.proc.wait(), 30)
-
-
-async def logs_of(replica: Replica) -> str:
-    assert replica.proc.stderr is not None
-    return (await replica.proc.stderr.read()).decode()
+            # communicate(), not wait(): a replica blocked on a full stderr pipe would never exit.
+            _, err = await asyncio.wait_for(r.proc.communicate(), 30)
+            r.logs = err.decode()
 
 
 def error_reason(err: grpc.aio.AioRpcError) -> str | None:
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else ():
-        if detail.Is(DETAIL_TYPES["ErrorInfo"].DESCRIPTOR):
-            info = DETAIL_TYPES["ErrorInfo"]()
-            detail.Unpack(info)
-            return str(info.reason)  # type: ignore[attr-defined]
-    return None
+    info = details_of(err).get("ErrorInfo")
+    return info.reason if isinstance(info, error_details_pb2.ErrorInfo) else None
 
 
 @dataclasses.dataclass
@@ -238,7 +231,7 @@ async def test_redis_restart_with_local_fallback_fails_no_call(
         result = await running
         await store.connection_pool.disconnect()  # the test's own client: from before the restart
         keys = [k async for k in store.scan_iter(match=f"{KEY_PREFIX}*")]
-    logs = [await logs_of(r) for r in reps]
+    logs = [r.logs for r in reps]
     assert result.failures == [] and result.ok > 0
     assert keys, "the replicas went back to the shared buckets"
     for text in logs:
@@ -285,7 +278,7 @@ async def test_tenants_have_their_own_buckets_and_nothing_secret_reaches_redis(
     fake: FakeUpstream, redis_server: RedisServer, store: aioredis.Redis, tmp_path: Path
 ) -> None:
     fake.reset()
-    tenants = {
+    tenants: dict[str, list[dict[str, Any]]] = {
         "tenants": [
             {
                 "name": "team-a",
@@ -322,7 +315,7 @@ async def test_tenants_have_their_own_buckets_and_nothing_secret_reaches_redis(
         keys = sorted([k async for k in store.scan_iter(match="*")])
         dump = b""
         for k in keys:
-            dump += k + b"".join(f + v for f, v in (await store.hgetall(k)).items())
+            dump += k + b"".join(f + v for f, v in (await store.hgetall(k)).items())  # type: ignore[operator,misc]
     # Across both replicas, each tenant got exactly its own limit.
     assert outcomes["team-a"].count("ok") == 3 and outcomes["team-a"].count("RATE_LIMITED") == 5
     assert outcomes["team-b"].count("ok") == 5 and outcomes["team-b"].count("RATE_LIMITED") == 3

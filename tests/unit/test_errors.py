@@ -20,7 +20,7 @@ import pytest
 from google.rpc import status_pb2
 from openai_grpc_server import errors, status
 
-from tests.rich_status import DETAIL_TYPES
+from tests.support.rich_status import DETAIL_TYPES
 
 Code = grpc.StatusCode
 API_KEY = "sk-test-0123456789abcdefABCDEF"
