@@ -10,6 +10,8 @@ echo "== ruff"
 ruff check server tests bench
 echo "== mypy --strict server"
 mypy --strict server
+echo "== mypy --strict tests"
+mypy --strict tests
 
 if [ "$#" -eq 0 ]; then
   # The gateway can use either upstream transport; the main run below uses the default
