@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lint, types, then every test (contract, unit,
-# integration through real servers, polyglot clients, benchmark smoke run).
+# integration through real servers, polyglot clients, benchmark smoke run) with branch coverage
+# of the gateway. With arguments, only `pytest ARGS` runs after the checks (no coverage gate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -21,8 +22,14 @@ if [ "$#" -eq 0 ]; then
 fi
 
 echo "== pytest"
+cov=()
+if [ "$#" -eq 0 ]; then
+  # Branch coverage of the gateway, gated by pyproject's [tool.coverage.report] fail_under.
+  # In-process code only: gateways the tests start as processes are not measured.
+  cov=(--cov=openai_grpc_server --cov-branch --cov-report=term)
+fi
 set +e
-python -m pytest "$@"
+python -m pytest "${cov[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
