@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: lint, types, then every test (contract, unit,
+# The whole test suite, as CI runs it: lint, format, types, then every test (contract, unit,
 # integration through real servers, polyglot clients, benchmark smoke run) with branch coverage
-# of the gateway. With arguments, only `pytest ARGS` runs after the checks (no coverage gate).
+# of the gateway; scripts/check is the fast inner loop. With arguments, only `pytest ARGS` runs
+# after the checks (no coverage gate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -9,6 +10,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
 ruff check server tests bench
+ruff format --check --quiet server tests bench
 echo "== mypy --strict server"
 mypy --strict server
 echo "== mypy --strict tests"
