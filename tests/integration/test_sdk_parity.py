@@ -28,8 +28,7 @@ from tests.support import specmodel
 from tests.support.gateway import API_KEY, Gateway
 from tests.support.sdk_allowlist import ALLOWED
 
-# The SDK warns on every Assistants call; the endpoints are still served and compared.
-pytestmark = pytest.mark.filterwarnings("ignore:The Assistants API is deprecated:DeprecationWarning")
+# The SDK's deprecation warnings for endpoints still served and compared: pyproject's filterwarnings.
 TIMEOUT = 10.0
 COMPARED_HEADERS = ("authorization", "openai-organization", "openai-project", "openai-beta", "accept")
 

@@ -23,7 +23,7 @@ from openai_grpc_server import routes
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience.shared_limit import KEY_PREFIX
 
-from tests.support.process import clean_env, free_port
+from tests.support.process import clean_env, free_port, read_in_background
 from tests.support.redis_server import RedisServer, available
 from tests.support.rich_status import details_of
 
@@ -60,6 +60,7 @@ class Replica:
     proc: asyncio.subprocess.Process
     port: int
     channel: grpc.aio.Channel
+    stderr: asyncio.Task[bytes]  # read all along (read_in_background)
     logs: str = ""  # its stderr, once it has exited
 
     def call(self, rpc: str, body: dict[str, Any], token: str | None = None, timeout: float = 20) -> Any:
@@ -102,15 +103,15 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert b"listening" in line, line
-            started.append(Replica(proc, port, grpc.aio.insecure_channel(f"127.0.0.1:{port}")))
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            started.append(Replica(proc, port, channel, read_in_background(proc.stderr)))
         yield started
     finally:
         for r in started:
             await r.channel.close(None)
             r.proc.send_signal(signal.SIGTERM)
         for r in started:
-            # communicate(), not wait(): a replica blocked on a full stderr pipe would never exit.
-            _, err = await asyncio.wait_for(r.proc.communicate(), 30)
+            _, err = await asyncio.wait_for(asyncio.gather(r.proc.wait(), r.stderr), 30)
             r.logs = err.decode()
 
 

@@ -35,6 +35,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def read_in_background(stream: asyncio.StreamReader | None) -> asyncio.Task[bytes]:
+    """Read a child's pipe to its end in the background. A gateway logs a line per call: an unread
+    stderr pipe fills up (64 KiB) and its next log write blocks the gateway's event loop."""
+    assert stream is not None
+
+    async def read_all() -> bytes:
+        return await stream.read()
+
+    return asyncio.ensure_future(read_all())
+
+
 @contextlib.asynccontextmanager
 async def gateway_process(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     """`python -m openai_grpc_server ARGS` until its banner; SIGTERM and exit 0 afterwards."""
@@ -47,16 +58,16 @@ async def gateway_process(*args: str, env: dict[str, str]) -> AsyncIterator[asyn
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    stderr = read_in_background(proc.stderr)
     try:
         banner = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert banner, (await proc.stderr.read()).decode()
+        assert banner, (await stderr).decode()
         yield proc
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
-        # communicate(), not wait(): a gateway blocked on a full stderr pipe would never exit.
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        _, err = await asyncio.wait_for(asyncio.gather(proc.wait(), stderr), 30)
     assert proc.returncode == 0, err.decode()
 
 
