@@ -27,6 +27,7 @@ from tests.support.process import (
     health_status,
     list_models,
     run_server,
+    spawn_gateway,
 )
 from tests.support.protomodel import ROOT
 
@@ -193,14 +194,7 @@ async def test_sigterm_drains_in_flight_calls(fake: FakeUpstream) -> None:
         OPENAI_GRPC_PORT=str(port),
         OPENAI_GRPC_GRACE_SECONDS="10",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openai_grpc_server",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_gateway(env=env)
     assert proc.stdout is not None
     await asyncio.wait_for(proc.stdout.readline(), 30)  # the "listening" line
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415

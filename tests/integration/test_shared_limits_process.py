@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from openai_grpc_server import routes
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience.shared_limit import KEY_PREFIX
 
-from tests.support.process import clean_env, free_port, read_in_background
+from tests.support.process import clean_env, free_port, read_in_background, spawn_gateway
 from tests.support.redis_server import RedisServer, available
 from tests.support.rich_status import details_of
 
@@ -85,10 +84,7 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
     try:
         for _ in range(n):
             port = free_port()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "openai_grpc_server",
+            proc = await spawn_gateway(
                 env=clean_env(
                     OPENAI_API_KEY="sk-shared-limits-0123456789",
                     OPENAI_BASE_URL=fake.base_url,
@@ -96,9 +92,7 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
                     OPENAI_GRPC_PORT=str(port),
                     OPENAI_GRPC_RETRY_MAX_RETRIES="0",
                     **env,
-                ),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                )
             )
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 30)

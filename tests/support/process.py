@@ -46,10 +46,9 @@ def read_in_background(stream: asyncio.StreamReader | None) -> asyncio.Task[byte
     return asyncio.ensure_future(read_all())
 
 
-@contextlib.asynccontextmanager
-async def gateway_process(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m openai_grpc_server ARGS` until its banner; SIGTERM and exit 0 afterwards."""
-    proc = await asyncio.create_subprocess_exec(
+async def spawn_gateway(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`python -m openai_grpc_server ARGS` with its stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "openai_grpc_server",
@@ -58,6 +57,12 @@ async def gateway_process(*args: str, env: dict[str, str]) -> AsyncIterator[asyn
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m openai_grpc_server ARGS` until its banner; SIGTERM and exit 0 afterwards."""
+    proc = await spawn_gateway(*args, env=env)
     assert proc.stdout is not None
     stderr = read_in_background(proc.stderr)
     try:
