@@ -26,7 +26,7 @@ from openai_grpc_server.resilience import Operation, RateLimitConfig, RateLimite
 from openai_grpc_server.resilience.shared_limit import SharedRateLimiter
 
 from bench.procs import cpu_seconds
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 _HIGH = 10**12  # limits that never bind: the numbers are the limiter's bookkeeping alone
 

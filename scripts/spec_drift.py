@@ -13,7 +13,7 @@ For the covered endpoints (spec/endpoints.tsv, every one bound to an RPC) it lis
 - info  the document's endpoints under a covered path prefix that no RPC serves (new ones).
 
 Exit status 1 when there is a GAP, else 0 (CI runs it on the vendored spec: tests/contract/
-test_spec_drift.py). The comparison is the contract tests' own (tests/contract/fidelity.py).
+test_spec_drift.py). The comparison is the contract tests' own (tests/support/fidelity.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.contract import fidelity, protomodel, specmodel  # noqa: E402
+from tests.support import fidelity, protomodel, specmodel  # noqa: E402
 
 _MISSING = re.compile(r"^(?P<where>.+): missing field for spec property '(?P<prop>[^']+)'$")
 

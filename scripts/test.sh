@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: lint, types, then every test (contract, unit,
-# integration through real servers, polyglot clients, benchmark smoke run).
+# The whole test suite, as CI runs it: lint, format, types, then every test (contract, unit,
+# integration through real servers, polyglot clients, benchmark smoke run) with branch coverage
+# of the gateway; scripts/check is the fast inner loop. With arguments, only `pytest ARGS` runs
+# after the checks (no coverage gate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -8,8 +10,11 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
 ruff check server tests bench
+ruff format --check --quiet server tests bench
 echo "== mypy --strict server"
 mypy --strict server
+echo "== mypy --strict tests"
+mypy --strict tests
 
 if [ "$#" -eq 0 ]; then
   # The gateway can use either upstream transport; the main run below uses the default
@@ -19,8 +24,14 @@ if [ "$#" -eq 0 ]; then
 fi
 
 echo "== pytest"
+cov=()
+if [ "$#" -eq 0 ]; then
+  # Branch coverage of the gateway, gated by pyproject's [tool.coverage.report] fail_under.
+  # In-process code only: gateways the tests start as processes are not measured.
+  cov=(--cov=openai_grpc_server --cov-branch --cov-report=term)
+fi
 set +e
-python -m pytest "$@"
+python -m pytest "${cov[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

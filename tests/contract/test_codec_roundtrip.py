@@ -17,39 +17,10 @@ import pytest
 from google.protobuf import message_factory
 from openai_grpc_server import codec, routes
 
-from tests.contract import specmodel
+from tests.support import specmodel
+from tests.support.json_compare import drop_filled_defaults, normal
 
 _CURL_BODY = re.compile(r"-d '(\{.*?\})'\s*$", re.S | re.M)
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, dict):
-        out = {k: _normal(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v is not None and v not in ([], {})}
-    if isinstance(value, list):
-        return [_normal(v) for v in value]
-    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > 2**53:
-        # `extra` is a Struct, whose numbers are doubles: integers past 2**53 keep 53 bits.
-        return float(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _drop_filled_defaults(back: Any, original: Any) -> Any:
-    """Examples sometimes omit a field the spec requires; the proto then writes its zero value.
-
-    That adds a default, it loses nothing, so such keys are not counted as differences.
-    """
-    if isinstance(back, dict) and isinstance(original, dict):
-        return {
-            k: _drop_filled_defaults(v, original.get(k))
-            for k, v in back.items()
-            if k in original or v not in (0, False, "", [], {})
-        }
-    if isinstance(back, list) and isinstance(original, list) and len(back) == len(original):
-        return [_drop_filled_defaults(b, o) for b, o in zip(back, original, strict=True)]
-    return back
 
 
 def _examples() -> list[tuple[str, routes.Route, str, Any]]:
@@ -94,7 +65,7 @@ def test_roundtrip(route: routes.Route, kind: str, payload: Any) -> None:
     if kind == "response":
         msg = route.output_cls()
         codec.decode_response(payload, msg)
-        env = codec.envelope_field(msg.DESCRIPTOR)
+        env = codec.envelope_field(msg.DESCRIPTOR)  # type: ignore[arg-type]  # types-protobuf: upb's Descriptor
         back = codec.encode(getattr(msg, env.name)) if env else codec.encode(msg)
     else:
         msg = route.input_cls()
@@ -103,7 +74,7 @@ def test_roundtrip(route: routes.Route, kind: str, payload: Any) -> None:
         for param in route.path_params:  # the URL carries these, not the body
             if back.get(param) == "":
                 del back[param]
-    assert _normal(_drop_filled_defaults(back, payload)) == _normal(payload)
+    assert normal(drop_filled_defaults(back, payload)) == normal(payload)
 
 
 def test_unknown_keys_travel_through_extra() -> None:

@@ -12,8 +12,8 @@ import pytest
 from openai_grpc_server import routes
 from openai_grpc_server.services import streams
 
-from tests.contract import fidelity, specmodel
-from tests.contract.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, load_model, query_fields
+from tests.support import fidelity, specmodel
+from tests.support.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, load_model, query_fields
 
 VENV_BIN = Path(sys.executable).parent
 

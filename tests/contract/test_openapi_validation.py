@@ -9,8 +9,8 @@ import httpx
 import pytest
 from openai_grpc_server.fake_upstream import FakeUpstream, RecordedRequest
 
-from tests.contract import openapi_validation, specmodel
-from tests.contract.openapi_validation import fix_nullable, violations
+from tests.support import openapi_validation, specmodel
+from tests.support.openapi_validation import fix_nullable, violations
 
 AUTH = {"authorization": "Bearer sk-test"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.contract import specmodel
-from tests.contract.protomodel import ROOT
+from tests.support import specmodel
+from tests.support.protomodel import ROOT
 
 SCRIPT = ROOT / "scripts/spec_drift.py"
 

@@ -17,7 +17,7 @@ from typing import Any
 from openai import AsyncOpenAI
 from openai_grpc_server.fake_upstream import Step
 
-from tests.integration.test_streams import IMAGE_SSE
+from tests.support.sse_examples import IMAGE_SSE
 
 SdkCall = Callable[[AsyncOpenAI, dict[str, Any]], Any]
 

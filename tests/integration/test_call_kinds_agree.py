@@ -14,7 +14,7 @@ from openai_grpc.v1 import common_pb2, files_pb2
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience import RateLimitConfig
 
-from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, settings_for, start_gateway, stop_gateway
 
 TIMEOUT = 10.0
 # The upstream says this credential has no request left for 20 seconds.

@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_grpc_server import app
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 
-from tests.integration.conftest import settings_for, start_gateway, stop_gateway
+from tests.support.gateway import settings_for, start_gateway, stop_gateway
 
 
-class PeerRecorder(grpc.aio.ServerInterceptor):
+class PeerRecorder(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # not subscriptable at run time
     """Records the client address (and so the connection) each unary call arrived on."""
 
     def __init__(self) -> None:
@@ -34,7 +34,7 @@ class PeerRecorder(grpc.aio.ServerInterceptor):
 
         async def record(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self.peers.append(context.peer())
-            return await inner(request, context)
+            return await inner(request, context)  # type: ignore[arg-type]  # grpc-stubs: sync context
 
         return handler._replace(unary_unary=record)  # type: ignore[attr-defined,no-any-return]
 
@@ -45,7 +45,7 @@ async def _health_checks(max_age: float, calls: int = 20) -> list[str]:
     settings = settings_for("http://127.0.0.1:9", max_connection_age_seconds=max_age)
     gw = await start_gateway(settings, interceptors=(*app.default_interceptors(settings), recorder))
     try:
-        stub = health_pb2_grpc.HealthStub(gw.channel)
+        stub = health_pb2_grpc.HealthStub(gw.channel)  # type: ignore[no-untyped-call]  # grpcio-health-checking is untyped
         for _ in range(calls):
             answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING

@@ -7,63 +7,17 @@ and each detail the table lists (and no RetryInfo where it must not be).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience import BreakerConfig
 
-from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
-from tests.rich_status import DETAIL_TYPES
-
-
-@dataclasses.dataclass
-class Failure:
-    code: grpc.StatusCode
-    message: str
-    details: dict[str, Any]
-    trailing: dict[str, str]
-
-    @property
-    def info(self) -> error_details_pb2.ErrorInfo:
-        info = self.details["ErrorInfo"]
-        assert isinstance(info, error_details_pb2.ErrorInfo)
-        return info
-
-
-async def call_failing(gw: Gateway, rpc: str, request: Message) -> Failure:
-    call = gw.unary(rpc)(request, timeout=10)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    err = caught.value
-    status = rpc_status.from_call(err)
-    assert status is not None, "the status carries no google.rpc.Status details"
-    assert status.code == err.code().value[0]
-    details: dict[str, Any] = {}
-    for any_msg in status.details:
-        for name, cls in DETAIL_TYPES.items():
-            if any_msg.Is(cls.DESCRIPTOR):
-                detail = cls()
-                any_msg.Unpack(detail)
-                details[name] = detail
-    trailing = {k: v for k, v in (err.trailing_metadata() or ()) if isinstance(v, str)}
-    return Failure(err.code(), err.details() or "", details, trailing)
-
-
-def chat(gw: Gateway, **fields: Any) -> Message:
-    req = gw.request("CreateChatCompletion", model="gpt-4o-mini", **fields)
-    msg = req.messages.add()  # type: ignore[attr-defined]
-    msg.role = "user"
-    msg.content_text = "hi"
-    return req
-
+from tests.support.calls import call_failing, chat
+from tests.support.gateway import Gateway, settings_for, start_gateway, stop_gateway
 
 # (id, step, expected code, reason, details that must be present, details that must be absent)
 UPSTREAM_CASES = [

@@ -23,7 +23,6 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from openai_grpc_server import routes
 from openai_grpc_server.auth import Secret
 from openai_grpc_server.resilience import RetryConfig
@@ -35,9 +34,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
-from tests.rich_status import DETAIL_TYPES
 from tests.support import faulty_upstream as F
+from tests.support.gateway import Gateway, settings_for, start_gateway, stop_gateway
+from tests.support.rich_status import details_of, trailing_pairs
 
 TRANSPORTS = ["aiohttp", "httpx"]
 # Neither looks like `sk-...` nor `Bearer ...`: only redaction by value can catch them.
@@ -72,18 +71,8 @@ class Outcome:
 
 
 def outcome_of(err: grpc.aio.AioRpcError, messages: list[Any] | None = None) -> Outcome:
-    details: dict[str, Any] = {}
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    if status is not None:
-        for packed in status.details:
-            for name, cls in DETAIL_TYPES.items():
-                if packed.Is(cls.DESCRIPTOR):
-                    detail = cls()
-                    packed.Unpack(detail)
-                    details[name] = detail
-    return Outcome(
-        err.code(), err.details() or "", details, list(err.trailing_metadata() or ()), messages or []
-    )
+    details: dict[str, Any] = dict(details_of(err))
+    return Outcome(err.code(), err.details() or "", details, trailing_pairs(err), messages or [])
 
 
 class Observed:

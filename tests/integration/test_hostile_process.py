@@ -17,12 +17,11 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 from openai_grpc_server import routes
 
-from tests.integration.test_process import clean_env, free_port, run_server
-from tests.rich_status import DETAIL_TYPES
 from tests.support import faulty_upstream as F
+from tests.support.process import clean_env, free_port, run_server
+from tests.support.rich_status import error_info
 
 SECRET = "sk-proj-Zr8Vq2LmN4xT7wY1cB5dF9gH3jK6pQ0s"
 PLAIN_SECRET = "plainsecret-5b7d9f1a3c5e7a9b"
@@ -130,13 +129,7 @@ def _chat(name: str) -> Any:
 
 
 def _reason(err: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    info = DETAIL_TYPES["ErrorInfo"]()
-    for packed in status.details:
-        if packed.Is(info.DESCRIPTOR):
-            packed.Unpack(info)
-    return str(info.reason)  # type: ignore[attr-defined]
+    return error_info(err).reason
 
 
 async def _models(p: Process, token: str | None = None) -> grpc.StatusCode | str:
@@ -203,7 +196,7 @@ async def test_sighup_reloads_tenants_without_dropping_calls(
 
         # The stream that started before the reload finishes normally, with its own key.
         rest = []
-        while (message := await stream.read()) is not grpc.aio.EOF:
+        while (message := await stream.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc-stubs
             rest.append(message)
         text = "".join(c.delta.content for m in [first, *rest] for e in m.events for c in e.choices)
         assert text == "".join(str(i) for i in range(20))

@@ -6,8 +6,8 @@ import pytest
 from openai_grpc_server import config, jsonlib
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 
-from tests.integration.conftest import settings_for, start_gateway, stop_gateway
-from tests.integration.test_errors import chat
+from tests.support.calls import chat
+from tests.support.gateway import settings_for, start_gateway, stop_gateway
 
 
 async def test_one_message_per_event_when_coalescing_is_off(fake: FakeUpstream) -> None:
@@ -30,7 +30,7 @@ async def test_stdlib_json_serves_the_same_answer(fake: FakeUpstream) -> None:
     gw = await start_gateway(settings_for(fake.base_url, json_library="stdlib"))
     try:
         answer = await gw.unary("CreateChatCompletion")(chat(gw), timeout=10)
-        assert answer.chat_completion.choices  # type: ignore[attr-defined]
+        assert answer.chat_completion.choices
         assert fake.requests[-1].json["model"] == "gpt-4o-mini"
     finally:
         await stop_gateway(gw)

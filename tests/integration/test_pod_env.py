@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -21,8 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai_grpc.v1 import models_pb2, models_pb2_grpc
 from openai_grpc_server.fake_upstream import FakeUpstream
 
-from tests.integration.test_process import free_port
-from tests.k8s import (
+from tests.support.k8s import (
     KUSTOMIZE_BASE,
     KUSTOMIZE_OVERLAY,
     ROOT,
@@ -34,10 +33,11 @@ from tests.k8s import (
     one,
     secret_example,
 )
+from tests.support.process import free_port
 
 pytestmark = pytest.mark.slow
 
-RENDERINGS = {
+RENDERINGS: dict[str, Callable[[], list[Doc]]] = {
     "kustomize-base": lambda: kustomize_build(KUSTOMIZE_BASE),
     "kustomize-overlay": lambda: kustomize_build(KUSTOMIZE_OVERLAY),
     "helm-default": helm_template,
@@ -92,7 +92,7 @@ def _with_free_ports(container: Doc) -> tuple[list[str], int, int]:
 
 
 async def _wait_serving(channel: grpc.aio.Channel, proc: asyncio.subprocess.Process) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
+    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]  # grpcio-health-checking is untyped
     for _ in range(300):
         if proc.returncode is not None:
             assert proc.stderr is not None

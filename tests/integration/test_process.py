@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -14,71 +13,25 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 
-from tests.contract.protomodel import ROOT
+from tests.support.process import (
+    clean_env,
+    free_port,
+    gateway_process,
+    health_status,
+    list_models,
+    run_server,
+    spawn_gateway,
+)
+from tests.support.protomodel import ROOT
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-# Variables the gateway reads besides its own: the runner's proxies or CAs must not reach it.
-_AMBIENT = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "GRPC_")) and k.upper() not in _AMBIENT
-    }
-    env.update(extra)
-    return env
-
-
-@contextlib.asynccontextmanager
-async def gateway_process(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m openai_grpc_server ARGS` until its banner; SIGTERM and exit 0 afterwards."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openai_grpc_server",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        banner = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert banner, (await proc.stderr.read()).decode()
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
-    assert code == 0, (await proc.stderr.read()).decode()
-
-
-def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "openai_grpc_server", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 KEY = {"OPENAI_API_KEY": "sk-x"}
@@ -144,28 +97,29 @@ def test_bad_configuration_stops_at_start(args: tuple[str, ...], env: dict[str, 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[int, str]]:
     port = free_port()
-    proc = subprocess.Popen(
+    # `with`: the pipes are closed afterwards (else a ResourceWarning per pipe).
+    with subprocess.Popen(
         [sys.executable, "-m", "openai_grpc_server", "--demo", "--port", str(port)],
         env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    assert proc.stdout is not None
-    banner = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        banner.append(line)
-        if "grpcurl" in line:
-            break
-    try:
-        yield port, "".join(banner)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+    ) as proc:
+        assert proc.stdout is not None
+        banner = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner.append(line)
+            if "grpcurl" in line:
+                break
+        try:
+            yield port, "".join(banner)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
 
 
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -240,14 +194,7 @@ async def test_sigterm_drains_in_flight_calls(fake: FakeUpstream) -> None:
         OPENAI_GRPC_PORT=str(port),
         OPENAI_GRPC_GRACE_SECONDS="10",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openai_grpc_server",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_gateway(env=env)
     assert proc.stdout is not None
     await asyncio.wait_for(proc.stdout.readline(), 30)  # the "listening" line
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
@@ -260,12 +207,14 @@ async def test_sigterm_drains_in_flight_calls(fake: FakeUpstream) -> None:
         await asyncio.sleep(0.3)  # the call is now waiting on the slow upstream
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
-        health = health_pb2_grpc.HealthStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]  # grpcio-health-checking is untyped
         with pytest.raises(grpc.aio.AioRpcError):
             # New calls are refused while draining (or health already says NOT_SERVING).
             resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert resp.status != health_pb2.HealthCheckResponse.SERVING
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "still serving", None
+            )
         answer = await call
         assert len(answer.data) > 0
     assert await asyncio.wait_for(proc.wait(), 20) == 0
@@ -300,42 +249,42 @@ def test_readme_grpcurl_examples_work_verbatim() -> None:
     shell = _shell_without_venv()
     bare = subprocess.run(["bash", "-c", "command -v grpcurl"], env=shell, capture_output=True, text=True)
     assert bare.returncode != 0, "grpcurl is on PATH without the README's set-up: the test proves nothing"
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "openai_grpc_server", "--demo"],
         env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        banner = "".join(proc.stdout.readline() for _ in range(2))
-        if "grpcurl" not in banner:
-            proc.kill()
-            pytest.fail(f"no demo banner (is :50051 taken?): {proc.communicate(timeout=30)[1]}")
-        for line in commands:
-            script = "\n".join([*setup, line])
-            done = subprocess.run(
-                ["bash", "-c", script], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=30
-            )
-            if '"temperature":3' in line:
-                assert done.returncode != 0 and "InvalidArgument" in done.stderr, line
-                # The details decode (reflection serves google.rpc), as the README shows them.
-                assert '"reason":"VALIDATION_FAILED"' in done.stderr, done.stderr
-                assert '"field":"temperature"' in done.stderr, done.stderr
-                continue
-            assert done.returncode == 0, f"{line}\n{done.stderr}"
-            if " describe " in line:
-                # The contract's documentation, as written in the protos.
-                comments = [x for x in done.stdout.splitlines() if x.strip().startswith("// ")]
-                assert comments, f"{line}: no documentation\n{done.stdout}"
-            if "/Stream" in line:
-                # Paced: the demo's stream arrives as several messages, not one.
-                assert done.stdout.count('"events"') >= 3, done.stdout
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            banner = "".join(proc.stdout.readline() for _ in range(2))
+            if "grpcurl" not in banner:
+                proc.kill()
+                pytest.fail(f"no demo banner (is :50051 taken?): {proc.communicate(timeout=30)[1]}")
+            for line in commands:
+                script = "\n".join([*setup, line])
+                done = subprocess.run(
+                    ["bash", "-c", script], cwd=ROOT, env=shell, capture_output=True, text=True, timeout=30
+                )
+                if '"temperature":3' in line:
+                    assert done.returncode != 0 and "InvalidArgument" in done.stderr, line
+                    # The details decode (reflection serves google.rpc), as the README shows them.
+                    assert '"reason":"VALIDATION_FAILED"' in done.stderr, done.stderr
+                    assert '"field":"temperature"' in done.stderr, done.stderr
+                    continue
+                assert done.returncode == 0, f"{line}\n{done.stderr}"
+                if " describe " in line:
+                    # The contract's documentation, as written in the protos.
+                    comments = [x for x in done.stdout.splitlines() if x.strip().startswith("// ")]
+                    assert comments, f"{line}: no documentation\n{done.stdout}"
+                if "/Stream" in line:
+                    # Paced: the demo's stream arrives as several messages, not one.
+                    assert done.stdout.count('"events"') >= 3, done.stdout
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=30) == 0
 
 
 def _children(pid: int) -> list[int]:
@@ -359,30 +308,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _new_connection(port: int) -> grpc.aio.Channel:
-    # Channels share one connection by default; a probe (like the kubelet's) opens its own.
-    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-async def _health(port: int, wait: float = 5) -> int:
-    """The overall health status one new connection reports (UNAVAILABLE raises)."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
-
-    async with _new_connection(port) as channel:
-        answer = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=wait
-        )
-        return int(answer.status)
-
-
-async def _list_models(port: int) -> None:
-    from openai_grpc.v1 import models_pb2, models_pb2_grpc  # noqa: PLC0415
-
-    async with _new_connection(port) as channel:
-        stub = models_pb2_grpc.ModelsServiceStub(channel)
-        await stub.ListModels(models_pb2.ListModelsRequest(), timeout=20)
-
-
 async def test_workers_share_the_port(fake: FakeUpstream) -> None:
     fake.reset()
     port = free_port()
@@ -390,7 +315,7 @@ async def test_workers_share_the_port(fake: FakeUpstream) -> None:
     async with gateway_process("--workers", "2", "--port", str(port), env=env) as proc:
         # One banner, from the supervisor, once both workers serve.
         assert len(_children(proc.pid)) == 2
-        await asyncio.gather(*(_list_models(port) for _ in range(20)))
+        await asyncio.gather(*(list_models(port) for _ in range(20)))
         assert len(fake.requests) == 20
 
 
@@ -423,18 +348,18 @@ async def test_a_dead_worker_takes_the_gateway_down(fake: FakeUpstream) -> None:
         assert b"listening" in await asyncio.wait_for(proc.stdout.readline(), 30)
         workers = _children(proc.pid)
         assert len(workers) == 2
-        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
-        in_flight = [asyncio.ensure_future(_list_models(port)) for _ in range(calls)]
+        assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING
+        in_flight = [asyncio.ensure_future(list_models(port)) for _ in range(calls)]
         for _ in range(1500):  # until every call waits on the slow upstream
             if fake.stats.requests >= calls:
                 break
             await asyncio.sleep(0.02)
         os.kill(workers[0], signal.SIGKILL)
         # The survivor answers no probe with SERVING again, and soon refuses new calls.
-        status = health_pb2.HealthCheckResponse.SERVING
+        status: int = health_pb2.HealthCheckResponse.SERVING
         for _ in range(200):
             try:
-                status = await _health(port, wait=2)
+                status = await health_status(port, wait=2)
             except grpc.aio.AioRpcError:
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
             if status != health_pb2.HealthCheckResponse.SERVING:
@@ -450,7 +375,7 @@ async def test_a_dead_worker_takes_the_gateway_down(fake: FakeUpstream) -> None:
     assert any(r is None for r in results) and any(isinstance(r, grpc.aio.AioRpcError) for r in results)
     assert not any(_alive(pid) for pid in workers)
     with pytest.raises(grpc.aio.AioRpcError):
-        await _health(port, wait=2)
+        await health_status(port, wait=2)
     logs = (await proc.stderr.read()).decode()
     died = [json.loads(line) for line in logs.splitlines() if '"worker exited' in line]
     assert died and died[0]["pid"] == workers[0] and died[0]["exit_code"] == 137
@@ -486,7 +411,7 @@ async def test_no_worker_says_serving_before_all_listen() -> None:
         status = None
         for _ in range(600):  # until a worker answers
             try:
-                status = await _health(port, wait=2)
+                status = await health_status(port, wait=2)
                 break
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.05)
@@ -494,7 +419,7 @@ async def test_no_worker_says_serving_before_all_listen() -> None:
         proc.send_signal(signal.SIGCONT)
         assert b"grpcurl" in await asyncio.wait_for(proc.stdout.read(400), 30)
         for _ in range(4):  # new connections, each to either worker
-            assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
+            assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
@@ -550,7 +475,7 @@ async def test_a_second_gateway_on_the_port_exits_2(workers: str) -> None:
             assert f"port {port} on {host} is already in use" in _one_line(second)
         from grpc_health.v1 import health_pb2  # noqa: PLC0415
 
-        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING  # the first serves on
+        assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING  # the first serves on
 
 
 def test_any_listener_on_the_port_is_a_conflict() -> None:
@@ -624,4 +549,4 @@ async def test_connections_in_time_wait_on_the_port_are_no_conflict() -> None:
         await asyncio.sleep(0.01)
     assert _time_wait_on(port), "no TIME_WAIT connection: the test would prove nothing"
     async with gateway_process("--demo", "--host", "127.0.0.1", "--port", str(port), env=clean_env()):
-        assert await _health(port) == health_pb2.HealthCheckResponse.SERVING
+        assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2 as pb
 
-from tests.integration.conftest import Gateway
+from tests.support.gateway import Gateway
 
 
 async def _ask(

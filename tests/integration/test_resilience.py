@@ -6,19 +6,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience import BreakerConfig, RateLimitConfig, RetryConfig
 from openai_grpc_server.telemetry import Telemetry
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
-from tests.integration.test_errors import call_failing, chat
+from tests.support.calls import call_failing, chat
+from tests.support.gateway import Gateway, settings_for, start_gateway, stop_gateway
+from tests.support.metrics import points_of
+from tests.support.rich_status import status_of
 
 FAST_RETRY = RetryConfig(max_retries=3, initial_backoff=0.02, max_backoff=5.0, jitter=0.0)
 
@@ -31,17 +31,6 @@ async def retrying(fake: FakeUpstream) -> AsyncIterator[tuple[Gateway, InMemoryM
     gw = await start_gateway(settings_for(fake.base_url, retry=FAST_RETRY), telemetry)
     yield gw, reader
     await stop_gateway(gw)
-
-
-def _metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    points = []
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    points.extend(metric.data.data_points)
-    return points
 
 
 async def test_retry_after_ms_then_503_then_success(
@@ -57,10 +46,10 @@ async def test_retry_after_ms_then_503_then_success(
     started = time.monotonic()
     answer = await gw.unary("CreateChatCompletion")(chat(gw), timeout=10)
     elapsed = time.monotonic() - started
-    assert answer.chat_completion.choices  # type: ignore[attr-defined]
+    assert answer.chat_completion.choices
     assert len(fake.requests) == 3
     assert elapsed >= 0.2, "the upstream's retry-after-ms was honoured"
-    retries = _metric_points(reader, "openai_retry_attempts_total")
+    retries = points_of(reader, "openai_retry_attempts_total")
     assert {p.attributes["attempt_number"] for p in retries} == {"2", "3"}
 
 
@@ -110,13 +99,13 @@ async def test_deadline_shorter_than_retry_after_fails_at_once(
         await call
     assert time.monotonic() - started < 1.0, "no sleep towards a retry the deadline cannot reach"
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.from_call(caught.value)
+    status = status_of(caught.value)
     assert status is not None
     from google.rpc import error_details_pb2  # noqa: PLC0415
 
     delays = []
     for d in status.details:
-        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):  # type: ignore[arg-type]  # types-protobuf: upb's Descriptor
             info = error_details_pb2.RetryInfo()
             d.Unpack(info)
             delays.append(info.retry_delay.seconds)
@@ -140,7 +129,7 @@ async def test_slow_response_is_abandoned_and_retried(fake: FakeUpstream) -> Non
     try:
         fake.script("GET /models", Step(delay_ms=1500), Step())
         answer = await gw.unary("ListModels")(gw.request("ListModels"), timeout=10)
-        assert len(answer.data) > 0  # type: ignore[attr-defined]
+        assert len(answer.data) > 0
         assert len(fake.requests) == 2
     finally:
         await stop_gateway(gw)
@@ -150,7 +139,7 @@ async def test_wrong_content_type_is_parsed_anyway(gateway: Gateway, clean_fake:
     body = '{"object": "list", "data": [{"id": "m1", "object": "model", "created": 1, "owned_by": "me"}]}'
     clean_fake.script("GET /models", Step(raw_body=body, content_type="text/html"))
     answer = await gateway.unary("ListModels")(gateway.request("ListModels"), timeout=10)
-    assert [m.id for m in answer.data] == ["m1"]  # type: ignore[attr-defined]
+    assert [m.id for m in answer.data] == ["m1"]
 
 
 async def test_local_rate_limit_rejects_with_details(fake: FakeUpstream) -> None:
@@ -261,7 +250,7 @@ async def test_burst_of_200_during_a_429_second(fake: FakeUpstream) -> None:
                 await gw.unary("CreateChatCompletion")(chat(gw), timeout=3)
                 return "ok"
             except grpc.aio.AioRpcError as err:
-                status = rpc_status.from_call(err)
+                status = status_of(err)
                 assert status is not None
                 kinds = {d.type_url.rsplit(".", 1)[-1] for d in status.details}
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err

@@ -5,7 +5,7 @@ recording fake upstream; the two HTTP requests must be the same.
 Compared: method, path, query (order-insensitive), the JSON body (numbers as numbers), multipart
 field names, values, file names and file bytes, the media type, and the headers OpenAI reads
 (Authorization, OpenAI-Organization, OpenAI-Project, OpenAI-Beta, Accept). A difference fails
-unless tests/contract/sdk_allowlist.py lists it with its reason. The gateway's requests are
+unless tests/support/sdk_allowlist.py lists it with its reason. The gateway's requests are
 also validated against the spec (tests/integration/conftest.py).
 """
 
@@ -23,13 +23,12 @@ from openai_grpc.v1 import common_pb2
 from openai_grpc_server import codec, routes
 from openai_grpc_server.fake_upstream import FakeUpstream, RecordedRequest
 
-from tests.contract import specmodel
-from tests.contract.sdk_allowlist import ALLOWED
-from tests.integration.conftest import API_KEY, Gateway
 from tests.integration.sdk_operations import OPERATIONS, SDK_LACKS, Op
+from tests.support import specmodel
+from tests.support.gateway import API_KEY, Gateway
+from tests.support.sdk_allowlist import ALLOWED
 
-# The SDK warns on every Assistants call; the endpoints are still served and compared.
-pytestmark = pytest.mark.filterwarnings("ignore:The Assistants API is deprecated:DeprecationWarning")
+# The SDK's deprecation warnings for endpoints still served and compared: pyproject's filterwarnings.
 TIMEOUT = 10.0
 COMPARED_HEADERS = ("authorization", "openai-organization", "openai-project", "openai-beta", "accept")
 

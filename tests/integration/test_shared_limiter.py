@@ -19,10 +19,10 @@ from openai_grpc_server.telemetry import Telemetry
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.integration.conftest import settings_for, start_gateway, stop_gateway
-from tests.integration.test_errors import call_failing
-from tests.integration.test_resilience import _metric_points
-from tests.redis_server import RedisServer, available
+from tests.support.calls import call_failing
+from tests.support.gateway import settings_for, start_gateway, stop_gateway
+from tests.support.metrics import points_of
+from tests.support.redis_server import RedisServer, available
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="redis-server is not installed (scripts/bootstrap.sh)"
@@ -76,7 +76,7 @@ def op(tokens: int = 0, credential: str = "team-a", deadline: float | None = Non
 
 async def levels(client: aioredis.Redis, credential: str) -> dict[str, float]:
     raw = await client.hgetall(redis_key(credential))
-    return {_KIND[k].value: float(v) for k, v in raw.items() if b":" not in k}
+    return {_KIND[k].value: float(v) for k, v in raw.items() if isinstance(k, bytes) and b":" not in k}
 
 
 async def settled(lim: SharedRateLimiter) -> None:
@@ -293,14 +293,14 @@ async def test_gateway_reports_decisions_round_trips_and_fallback(
         assert failure.info.reason == "RATE_LIMITED"
         decisions = {
             (p.attributes["decision"], p.attributes["limit_type"]): p.value
-            for p in _metric_points(reader, "openai_rate_limit_decisions_total")
+            for p in points_of(reader, "openai_rate_limit_decisions_total")
         }
         assert decisions == {("admitted", ""): 2, ("rejected", "requests_per_minute"): 1}
-        [trips] = _metric_points(reader, "openai_rate_limit_redis_duration_seconds")
+        [trips] = points_of(reader, "openai_rate_limit_redis_duration_seconds")
         assert trips.count >= 3
         redis_server.stop()
         await gw.unary("ListModels")(gw.request("ListModels"), timeout=5)  # local fallback
-        [state] = _metric_points(reader, "openai_rate_limit_fallback")
+        [state] = points_of(reader, "openai_rate_limit_fallback")
         assert state.value == 1
     finally:
         redis_server.start()

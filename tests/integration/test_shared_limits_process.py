@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,14 +17,14 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from google.protobuf import json_format
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2
 from openai_grpc_server import routes
 from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience.shared_limit import KEY_PREFIX
 
-from tests.integration.test_process import clean_env, free_port
-from tests.redis_server import RedisServer, available
-from tests.rich_status import DETAIL_TYPES
+from tests.support.process import clean_env, free_port, read_in_background, spawn_gateway
+from tests.support.redis_server import RedisServer, available
+from tests.support.rich_status import details_of
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,17 +59,15 @@ class Replica:
     proc: asyncio.subprocess.Process
     port: int
     channel: grpc.aio.Channel
-    # stderr read as it comes: the access log writes a line per RPC, and a full pipe would
-    # block the gateway (it could then never exit).
-    stderr: bytearray = dataclasses.field(default_factory=bytearray)
-    drain: asyncio.Task[None] | None = None
+    stderr: asyncio.Task[bytes]  # read all along (read_in_background)
+    logs: str = ""  # its stderr, once it has exited
 
     def call(self, rpc: str, body: dict[str, Any], token: str | None = None, timeout: float = 20) -> Any:
         route = ROUTES[rpc]
         request = json_format.ParseDict(body, route.input_cls())
         metadata = (("authorization", f"Bearer {token}"),) if token else None
         if rpc.startswith("Stream"):
-            stub = self.channel.unary_stream(
+            stub: Any = self.channel.unary_stream(
                 route.full_method, route.input_cls.SerializeToString, route.output_cls.FromString
             )
         else:
@@ -87,10 +84,7 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
     try:
         for _ in range(n):
             port = free_port()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "openai_grpc_server",
+            proc = await spawn_gateway(
                 env=clean_env(
                     OPENAI_API_KEY="sk-shared-limits-0123456789",
                     OPENAI_BASE_URL=fake.base_url,
@@ -98,48 +92,26 @@ async def replicas(n: int, fake: FakeUpstream, **env: str) -> AsyncIterator[list
                     OPENAI_GRPC_PORT=str(port),
                     OPENAI_GRPC_RETRY_MAX_RETRIES="0",
                     **env,
-                ),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                )
             )
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert b"listening" in line, line
-            replica = Replica(proc, port, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
-            replica.drain = asyncio.ensure_future(_drain(proc, replica.stderr))
-            started.append(replica)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            started.append(Replica(proc, port, channel, read_in_background(proc.stderr)))
         yield started
     finally:
         for r in started:
             await r.channel.close(None)
             r.proc.send_signal(signal.SIGTERM)
         for r in started:
-            await asyncio.wait_for(r.proc.wait(), 30)
-            if r.drain is not None:
-                await asyncio.wait_for(r.drain, 30)
-
-
-async def _drain(proc: asyncio.subprocess.Process, into: bytearray) -> None:
-    assert proc.stderr is not None
-    while chunk := await proc.stderr.read(65536):
-        into += chunk
-
-
-async def logs_of(replica: Replica) -> str:
-    """Everything the replica wrote to stderr (once it has exited)."""
-    if replica.drain is not None:
-        await replica.drain
-    return replica.stderr.decode()
+            _, err = await asyncio.wait_for(asyncio.gather(r.proc.wait(), r.stderr), 30)
+            r.logs = err.decode()
 
 
 def error_reason(err: grpc.aio.AioRpcError) -> str | None:
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else ():
-        if detail.Is(DETAIL_TYPES["ErrorInfo"].DESCRIPTOR):
-            info = DETAIL_TYPES["ErrorInfo"]()
-            detail.Unpack(info)
-            return str(info.reason)  # type: ignore[attr-defined]
-    return None
+    info = details_of(err).get("ErrorInfo")
+    return info.reason if isinstance(info, error_details_pb2.ErrorInfo) else None
 
 
 @dataclasses.dataclass
@@ -254,7 +226,7 @@ async def test_redis_restart_with_local_fallback_fails_no_call(
         result = await running
         await store.connection_pool.disconnect()  # the test's own client: from before the restart
         keys = [k async for k in store.scan_iter(match=f"{KEY_PREFIX}*")]
-    logs = [await logs_of(r) for r in reps]
+    logs = [r.logs for r in reps]
     assert result.failures == [] and result.ok > 0
     assert keys, "the replicas went back to the shared buckets"
     for text in logs:
@@ -301,7 +273,7 @@ async def test_tenants_have_their_own_buckets_and_nothing_secret_reaches_redis(
     fake: FakeUpstream, redis_server: RedisServer, store: aioredis.Redis, tmp_path: Path
 ) -> None:
     fake.reset()
-    tenants = {
+    tenants: dict[str, list[dict[str, Any]]] = {
         "tenants": [
             {
                 "name": "team-a",
@@ -338,7 +310,7 @@ async def test_tenants_have_their_own_buckets_and_nothing_secret_reaches_redis(
         keys = sorted([k async for k in store.scan_iter(match="*")])
         dump = b""
         for k in keys:
-            dump += k + b"".join(f + v for f, v in (await store.hgetall(k)).items())
+            dump += k + b"".join(f + v for f, v in (await store.hgetall(k)).items())  # type: ignore[operator,misc]
     # Across both replicas, each tenant got exactly its own limit.
     assert outcomes["team-a"].count("ok") == 3 and outcomes["team-a"].count("RATE_LIMITED") == 5
     assert outcomes["team-b"].count("ok") == 5 and outcomes["team-b"].count("RATE_LIMITED") == 3

@@ -18,14 +18,14 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from openai_grpc.v1 import chat_pb2, chat_pb2_grpc
 from openai_grpc_server import routes
 from openai_grpc_server.fake_upstream import FakeUpstream, Step, pattern_sha256, stream_text
 from openai_grpc_server.resilience import RetryConfig
 
-from tests.integration.conftest import Gateway, settings_for, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, settings_for, start_gateway, stop_gateway
+from tests.support.rich_status import error_info
+from tests.support.sse_examples import IMAGE_SSE
 
 STREAMING = [r for r in routes.load_routes() if r.kind in (routes.Kind.EVENTS, routes.Kind.BINARY)]
 CHAT_ROUTE = "POST /chat/completions"
@@ -33,20 +33,6 @@ TIMEOUT = 10.0
 DEFAULT_CHUNKS = 8  # FakeConfig.chunks
 
 CHAT_REQUEST: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content_text": "hi"}]}
-
-# The fake does not stream /images/generations: script the stream the spec documents
-# (openapi.yaml, createImage x-oaiMeta example): partial images, then `completed`, no [DONE].
-_IMAGE_FIELDS = (
-    '"b64_json":"aGVsbG8=","created_at":1713833628,"size":"1024x1024","quality":"low",'
-    '"background":"opaque","output_format":"png"'
-)
-IMAGE_SSE = (
-    "event: image_generation.partial_image\n"
-    f'data: {{"type":"image_generation.partial_image",{_IMAGE_FIELDS},"partial_image_index":0}}\n\n'
-    "event: image_generation.completed\n"
-    f'data: {{"type":"image_generation.completed",{_IMAGE_FIELDS},"usage":{{"total_tokens":100,'
-    '"input_tokens":50,"output_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40}}}\n\n'
-)
 
 # A minimal valid request for each streaming RPC, and what its last event must look like.
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -92,17 +78,6 @@ async def drain(call: Any) -> tuple[list[Any], grpc.aio.AioRpcError | None]:
     except grpc.aio.AioRpcError as exc:
         return got, exc
     return got, None
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, f"no google.rpc.Status in the trailers of {err!r}"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError(f"no ErrorInfo in {status}")
 
 
 def events_of(messages: list[Any]) -> list[Any]:

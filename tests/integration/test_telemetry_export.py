@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.integration.test_process import clean_env, free_port
+from tests.support.process import clean_env, free_port
 
 BIN = Path(sys.executable).parent
 CHAT = "/openai_grpc.v1.ChatService/CreateChatCompletion"
@@ -181,7 +181,7 @@ class Collector(
         self.traces: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
 
-    async def Export(self, request: Any, context: Any) -> Any:  # type: ignore[override]
+    async def Export(self, request: Any, context: Any) -> Any:
         if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
             self.traces.append(request)
             return trace_service_pb2.ExportTraceServiceResponse()

@@ -17,9 +17,9 @@ import pytest
 from openai_grpc_server import codec, routes
 from openai_grpc_server.fake_upstream import FakeUpstream
 
-from tests.contract import specmodel
-from tests.contract.test_codec_roundtrip import _drop_filled_defaults, _normal
-from tests.integration.conftest import API_KEY, Gateway
+from tests.support import specmodel
+from tests.support.gateway import API_KEY, Gateway
+from tests.support.json_compare import drop_filled_defaults, normal
 
 UNARY = [r for r in routes.load_routes() if r.kind is routes.Kind.UNARY]
 _CURL_BODY = re.compile(r"-d '(\{.*?\})'\s*$", re.S | re.M)
@@ -97,7 +97,7 @@ async def test_unary_rpc(route: routes.Route, gateway: Gateway, clean_fake: Fake
         expected = dict(body)
         if route.path_template == "/embeddings" and body.get("encoding_format", "float") == "float":
             expected["encoding_format"] = "base64"  # the gateway unpacks base64 itself (cheaper)
-        assert _normal(got.json) == _normal(expected)
+        assert normal(got.json) == normal(expected)
     else:
         assert not got.body_size
     assert got.headers["authorization"] == f"Bearer {API_KEY}"
@@ -120,7 +120,7 @@ async def test_unary_rpc(route: routes.Route, gateway: Gateway, clean_fake: Fake
     answer = replay.json()
     env = codec.envelope_field(response.DESCRIPTOR)
     encoded = codec.encode(getattr(response, env.name) if env else response)
-    assert _normal(_drop_filled_defaults(encoded, answer)) == _normal(answer)
+    assert normal(drop_filled_defaults(encoded, answer)) == normal(answer)
 
 
 def test_every_unary_rpc_is_covered() -> None:

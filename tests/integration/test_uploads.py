@@ -25,7 +25,7 @@ from openai_grpc.v1 import audio_pb2, common_pb2, files_pb2, images_pb2, uploads
 from openai_grpc_server import routes
 from openai_grpc_server.fake_upstream import FakeUpstream, MultipartPart, pattern_bytes, pattern_sha256
 
-from tests.integration.conftest import Gateway
+from tests.support.gateway import Gateway
 
 TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parents[2]
@@ -413,7 +413,7 @@ async def test_upstream_failure_after_the_body_was_sent_is_not_retried(fake: Fak
     from openai_grpc_server.fake_upstream import Step  # noqa: PLC0415
     from openai_grpc_server.resilience import RetryConfig  # noqa: PLC0415
 
-    from tests.integration.conftest import settings_for, start_gateway, stop_gateway  # noqa: PLC0415
+    from tests.support.gateway import settings_for, start_gateway, stop_gateway  # noqa: PLC0415
 
     fake.reset()
     gw = await start_gateway(

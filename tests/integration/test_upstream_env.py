@@ -18,7 +18,7 @@ import grpc
 import pytest
 from openai_grpc_server.fake_upstream import FakeUpstream
 
-from tests.integration.test_process import _list_models, clean_env, free_port, gateway_process
+from tests.support.process import clean_env, free_port, gateway_process, list_models
 
 TRANSPORTS = ("aiohttp", "httpx")
 # Both transports are covered here explicitly: the suite's httpx re-run (scripts/test.sh) skips it.
@@ -180,7 +180,7 @@ async def list_models_through(env: dict[str, str]) -> grpc.StatusCode:
     port = free_port()
     async with gateway_process("--port", str(port), "--host", "127.0.0.1", env=env):
         try:
-            await _list_models(port)
+            await list_models(port)
         except grpc.aio.AioRpcError as err:
             return err.code()
     return grpc.StatusCode.OK

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from openai_grpc_server.fake_upstream import FakeUpstream
 
-from tests.contract.protomodel import ROOT
-from tests.integration.conftest import Gateway
+from tests.support.gateway import Gateway
+from tests.support.protomodel import ROOT
 
 GO = ROOT / "client_stubs" / "go"
 

@@ -13,9 +13,9 @@ import pytest
 from openai_grpc.v1 import chat_pb2_grpc, models_pb2_grpc
 from openai_grpc_server.fake_upstream import FakeUpstream
 
-from tests.contract.protomodel import ROOT
-from tests.integration.conftest import Gateway
-from tests.polyglot.test_service_config import FlakyModels, UnavailableChat
+from tests.support.flaky_servicers import FlakyModels, UnavailableChat
+from tests.support.gateway import Gateway
+from tests.support.protomodel import ROOT
 
 TS = ROOT / "client_stubs" / "typescript"
 PEERS = ("@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-node")
@@ -115,10 +115,10 @@ console.log(JSON.stringify({ id: model.model?.id ?? "", code }));
 
 async def test_interceptor_applies_the_service_config(project: Path) -> None:
     """Connect reads no service config: the package's interceptor retries the read, not the create."""
-    models, chat = FlakyModels(), UnavailableChat()
+    models, chat = FlakyModels(), UnavailableChat()  # type: ignore[abstract]  # only the RPCs under test
     server = grpc.aio.server()
-    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)  # type: ignore[no-untyped-call]
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from openai_grpc_server.fake_upstream import FakeUpstream
 
-from tests.contract.protomodel import ROOT
-from tests.integration.conftest import Gateway
+from tests.support.gateway import Gateway
+from tests.support.protomodel import ROOT
 
 STUBS = ROOT / "client_stubs" / "python"
 LEVELS = {
@@ -38,7 +38,7 @@ ALLOWED = {
 
 def readme_python_snippet() -> str:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", text, re.S)
     return next(b for b in blocks if "rpc_status.from_call" in b)
 
 

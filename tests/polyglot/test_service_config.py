@@ -3,7 +3,6 @@ applied by a real channel (deadlines; retries of idempotent reads on UNAVAILABLE
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import grpc
 from openai_grpc.v1 import chat_pb2, chat_pb2_grpc, models_pb2, models_pb2_grpc
 
-from tests.contract.protomodel import PACKAGE, ROOT, load_model
+from tests.support.flaky_servicers import FlakyModels, UnavailableChat
+from tests.support.protomodel import PACKAGE, ROOT, load_model
 
 PY_CONFIG = ROOT / "client_stubs/python/openai_grpc/v1/service_config.json"
 GO_CONFIG = ROOT / "client_stubs/go/openai_grpc/v1/service_config.json"
@@ -53,50 +53,23 @@ def test_only_idempotent_unary_reads_are_retried() -> None:
     assert retried == reads
 
 
-class FlakyModels(models_pb2_grpc.ModelsServiceServicer):
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.stall = False
-
-    async def GetModel(
-        self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> models_pb2.GetModelResponse:
-        self.attempts += 1
-        if self.stall:
-            await asyncio.sleep(30)
-        if self.attempts == 1:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
-        return models_pb2.GetModelResponse(model=models_pb2.Model(id=request.model))
-
-
-class UnavailableChat(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    async def CreateChatCompletion(
-        self, request: chat_pb2.CreateChatCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> chat_pb2.CreateChatCompletionResponse:
-        self.attempts += 1
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
-
-
 async def test_a_real_channel_applies_the_config() -> None:
-    models, chat = FlakyModels(), UnavailableChat()
+    models, chat = FlakyModels(), UnavailableChat()  # type: ignore[abstract]  # only the RPCs under test
     server = grpc.aio.server()
-    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)  # type: ignore[no-untyped-call]
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(chat, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     options = [("grpc.service_config", PY_CONFIG.read_text())]
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            got = await models_pb2_grpc.ModelsServiceStub(channel).GetModel(  # type: ignore[no-untyped-call]
+            got = await models_pb2_grpc.ModelsServiceStub(channel).GetModel(
                 models_pb2.GetModelRequest(model="gpt-4o-mini")
             )
             assert got.model.id == "gpt-4o-mini"
             assert models.attempts == 2  # retried once on UNAVAILABLE
             try:
-                await chat_pb2_grpc.ChatServiceStub(channel).CreateChatCompletion(  # type: ignore[no-untyped-call]
+                await chat_pb2_grpc.ChatServiceStub(channel).CreateChatCompletion(
                     chat_pb2.CreateChatCompletionRequest(model="gpt-4o-mini")
                 )
             except grpc.aio.AioRpcError as err:
@@ -113,17 +86,17 @@ async def test_the_channel_enforces_the_configured_deadline() -> None:
     config = _config()
     reads = next(e for e in config["methodConfig"] if "retryPolicy" in e)
     reads["timeout"] = "0.2s"
-    models = FlakyModels()
+    models = FlakyModels()  # type: ignore[abstract]  # only the RPCs under test
     models.stall = True
     server = grpc.aio.server()
-    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(models, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     options = [("grpc.service_config", json.dumps(config))]
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
             try:
-                await models_pb2_grpc.ModelsServiceStub(channel).GetModel(  # type: ignore[no-untyped-call]
+                await models_pb2_grpc.ModelsServiceStub(channel).GetModel(
                     models_pb2.GetModelRequest(model="gpt-4o-mini")
                 )
             except grpc.aio.AioRpcError as err:

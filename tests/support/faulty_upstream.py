@@ -257,7 +257,7 @@ class FaultyUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: Writer) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self.connections += 1
         try:
             if self._ssl is not None:
@@ -271,7 +271,7 @@ class FaultyUpstream:
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):
             pass  # the client went away or broke the exchange: what these tests provoke
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 

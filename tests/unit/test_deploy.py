@@ -18,7 +18,7 @@ import yaml
 from kubernetes_validate.utils import ValidationError
 from openai_grpc_server import config
 
-from tests.k8s import (
+from tests.support.k8s import (
     CHART,
     CHART_FULL_VALUES,
     KUBE_VERSIONS,

@@ -21,7 +21,7 @@ from google.rpc import status_pb2
 from openai_grpc_server import errors, status
 from openai_grpc_server.upstream import classify as classifier
 
-from tests.rich_status import DETAIL_TYPES
+from tests.support.rich_status import DETAIL_TYPES
 
 Code = grpc.StatusCode
 API_KEY = "sk-test-0123456789abcdefABCDEF"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_grpc_server import app, config
 
-from tests.k8s import KUBERNETES_SERVICE, service_link_env
+from tests.support.k8s import KUBERNETES_SERVICE, service_link_env
 
 KEY = {"OPENAI_API_KEY": "sk-pod-env"}
 

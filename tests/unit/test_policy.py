@@ -17,6 +17,7 @@ from openai_grpc_server.resilience import (
     NullObserver,
     Operation,
     RateLimitConfig,
+    RateLimiter,
     Reservation,
     ResiliencePolicy,
     RetryConfig,
@@ -78,8 +79,13 @@ async def policy(clock: FakeClock) -> AsyncIterator[ResiliencePolicy]:
     await p.aclose()
 
 
+def local_limiter(policy: ResiliencePolicy) -> RateLimiter:
+    assert isinstance(policy.limiter, RateLimiter)
+    return policy.limiter
+
+
 def full(policy: ResiliencePolicy) -> dict[str, float]:
-    return {k: round(v, 6) for k, v in policy.limiter.levels("tenant-a").items()}
+    return {k: round(v, 6) for k, v in local_limiter(policy).levels("tenant-a").items()}
 
 
 # --- order -----------------------------------------------------------------------------------
@@ -267,12 +273,12 @@ async def test_cancellation_while_queued_or_sleeping_propagates() -> None:
     assert calls == 1  # now in the backoff sleep
     queued = asyncio.create_task(policy.execute(OP, flaky))
     await clock.run_for(0)
-    assert policy.limiter.queued("tenant-a") == 1
+    assert local_limiter(policy).queued("tenant-a") == 1
     for task in (sleeping, queued):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert policy.limiter.queued("tenant-a") == 0
+    assert local_limiter(policy).queued("tenant-a") == 0
     assert clock.pending == 0
     await policy.aclose()
 

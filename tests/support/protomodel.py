@@ -60,9 +60,10 @@ class Rpc:
 
 
 def _http_rule(method: descriptor_pb2.MethodDescriptorProto) -> HttpRule | None:
-    if not method.options.HasExtension(annotations_pb2.http):
+    # googleapis-common-protos types its extensions as plain FieldDescriptors (hence the ignores).
+    if not method.options.HasExtension(annotations_pb2.http):  # type: ignore[arg-type]
         return None
-    rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]
+    rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]  # type: ignore[index]
     kind = rule.WhichOneof("pattern")
     if kind is None or kind == "custom":
         return None
@@ -90,16 +91,16 @@ class ProtoModel:
             if f.package != PACKAGE:
                 continue
             for si, svc in enumerate(f.service):
-                for mi, m in enumerate(svc.method):
+                for mi, meth in enumerate(svc.method):
                     self.rpcs.append(
                         Rpc(
                             service=svc.name,
-                            name=m.name,
-                            input_type=m.input_type,
-                            output_type=m.output_type,
-                            client_streaming=m.client_streaming,
-                            server_streaming=m.server_streaming,
-                            http=_http_rule(m),
+                            name=meth.name,
+                            input_type=meth.input_type,
+                            output_type=meth.output_type,
+                            client_streaming=meth.client_streaming,
+                            server_streaming=meth.server_streaming,
+                            http=_http_rule(meth),
                             comment=self.comments.get((f.name, (6, si, 2, mi)), ""),
                         )
                     )
@@ -116,7 +117,7 @@ class ProtoModel:
 
 
 def field_behaviors(field: descriptor_pb2.FieldDescriptorProto) -> set[int]:
-    return set(field.options.Extensions[field_behavior_pb2.field_behavior])
+    return set(field.options.Extensions[field_behavior_pb2.field_behavior])  # type: ignore[index]
 
 
 def is_required(field: descriptor_pb2.FieldDescriptorProto) -> bool:

@@ -28,7 +28,7 @@ from openapi_core.validation.request.validators import (
 )
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from tests.contract import specmodel
+from tests.support import specmodel
 
 HOST = "https://api.openai.com"
 
@@ -54,7 +54,8 @@ def fix_for_validation(spec: dict[str, Any]) -> dict[str, Any]:
     _drop_key(spec, "discriminator")
     _rename_key(spec, "oneOf", "anyOf")
     _binary_to_media(spec)
-    return fix_nullable(spec)
+    fixed: dict[str, Any] = fix_nullable(spec)
+    return fixed
 
 
 def _binary_to_media(node: Any) -> None:

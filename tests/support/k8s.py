@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_BASE = ROOT / "deploy" / "kubernetes" / "base"
 KUSTOMIZE_OVERLAY = ROOT / "deploy" / "kubernetes" / "overlays" / "example"
 SECRET_EXAMPLE = ROOT / "deploy" / "kubernetes" / "examples" / "secret.example.yaml"

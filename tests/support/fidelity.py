@@ -23,8 +23,8 @@ from collections.abc import Iterable
 
 from google.protobuf import descriptor_pb2
 
-from tests.contract import specmodel
-from tests.contract.protomodel import (
+from tests.support import specmodel
+from tests.support.protomodel import (
     EXTRA_FIELD,
     ProtoModel,
     Rpc,
@@ -33,7 +33,7 @@ from tests.contract.protomodel import (
     is_required,
     load_model,
 )
-from tests.contract.specmodel import Schema
+from tests.support.specmodel import Schema
 
 FDP = descriptor_pb2.FieldDescriptorProto
 SCALAR_TYPES = set(range(1, 19)) - {FDP.TYPE_MESSAGE, FDP.TYPE_GROUP}
