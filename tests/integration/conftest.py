@@ -6,13 +6,15 @@ tests/conftest.py's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.support import openapi_validation
 from tests.support.gateway import received
+from tests.support.redis_server import RedisServer
 
 # How many were validated in this session (printed in the terminal summary).
 validated_requests = 0
@@ -37,3 +39,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"upstream requests validated against spec/openapi.yaml: {validated_requests}"
         )
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, for one test module."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of that server, emptied before each test (restarting the server if a test stopped it)."""
+    if not redis_server.ping():
+        redis_server.start()
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()

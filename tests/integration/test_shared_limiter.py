@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -22,29 +21,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from tests.support.calls import call_failing
 from tests.support.gateway import settings_for, start_gateway, stop_gateway
 from tests.support.metrics import points_of
-from tests.support.redis_server import RedisServer, available
+from tests.support.redis_server import RedisServer, needs_redis
 
-pytestmark = pytest.mark.skipif(
-    not available(), reason="redis-server is not installed (scripts/bootstrap.sh)"
-)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    if not redis_server.ping():
-        redis_server.start()
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.flushall()
-    yield client
-    await client.aclose()
+pytestmark = needs_redis
 
 
 class Events:

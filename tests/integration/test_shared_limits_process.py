@@ -9,7 +9,7 @@ import dataclasses
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +23,17 @@ from openai_grpc_server.fake_upstream import FakeUpstream, Step
 from openai_grpc_server.resilience.shared_limit import KEY_PREFIX
 
 from tests.support.process import clean_env, free_port, read_in_background, spawn_gateway
-from tests.support.redis_server import RedisServer, available
+from tests.support.redis_server import RedisServer, needs_redis
 from tests.support.rich_status import details_of
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not available(), reason="redis-server is not installed (scripts/bootstrap.sh)"),
+    needs_redis,
 ]
 
 ROUTES = {r.name: r for r in routes.load_routes()}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content_text": "hi"}]}
 STEADY_FROM, STEADY_TO = 2.0, 12.0  # the measured window, seconds after the load starts
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    if not redis_server.ping():
-        redis_server.start()
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 @dataclasses.dataclass
