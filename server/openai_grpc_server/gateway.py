@@ -196,10 +196,10 @@ class Gateway:
         context: Context,
         body: Mapping[str, Any] | None,
         size: int,
-        credential: Credential,
-        started: float | None = None,
+        rpc: Rpc,
     ) -> Call:
-        """Describe the authenticated call for the resilience policy."""
+        """Describe the authenticated call for the resilience policy; it becomes `rpc.call`."""
+        credential = rpc.credential
         deadline = self.policy.deadline_in(context.time_remaining())
         op = Operation(
             endpoint=route.endpoint,
@@ -210,7 +210,8 @@ class Gateway:
         model = str(body.get("model", "")) if body else str(getattr(request, "model", "") or "")
         # The model only labels metrics, spans and logs: a secret pasted into it must not leak there.
         model = redact(model)
-        return Call(route, credential, op, model, started or time.perf_counter())
+        rpc.call = Call(route, credential, op, model, rpc.started)
+        return rpc.call
 
     def observe(self, call: Call, forwarded: list[tuple[str, str]]) -> None:
         """Feed upstream `x-ratelimit-*` headers (already picked out for the caller) to the limiter."""
@@ -231,7 +232,7 @@ class Gateway:
         call: Call | None,
         route: Route,
         exc: BaseException,
-        started: float | None = None,
+        started: float,
     ) -> NoReturn:
         """End the RPC with the status for `exc` (an abort already under way passes through).
         `started`, the RPC's start, times a failure that came before `call` was made."""
@@ -254,9 +255,7 @@ class Gateway:
                     and embeddings.prepare(req.body or {})
                 )
                 payload = jsonlib.dumps(req.body) if req.body is not None else None
-                call = rpc.call = self.begin(
-                    route, request, context, req.body, len(payload or b""), rpc.credential, rpc.started
-                )
+                call = self.begin(route, request, context, req.body, len(payload or b""), rpc)
                 with self.telemetry.request_span(call, streaming=False):
                     return await self._unary(route, call, req, payload, context, unpack)
 

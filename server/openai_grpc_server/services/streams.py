@@ -216,9 +216,7 @@ async def relay_events(
             req = routes.build_request(route, request, stream=True)
             hide_usage = _ask_for_usage(route, req.body)
             body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-            call = rpc.call = gw.begin(
-                route, request, context, req.body, len(body_bytes or b""), rpc.credential, rpc.started
-            )
+            call = gw.begin(route, request, context, req.body, len(body_bytes or b""), rpc)
             rpc.span = gw.telemetry.stream_span(call)
             active = call
 
@@ -362,7 +360,7 @@ async def relay_binary(
             validation.check(route, request)
             req = routes.build_request(route, request)
             body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
-            call = rpc.call = gw.begin(route, request, context, req.body, 0, rpc.credential, rpc.started)
+            call = gw.begin(route, request, context, req.body, 0, rpc)
             rpc.span = gw.telemetry.stream_span(call)
             active = call
 

@@ -119,7 +119,7 @@ async def relay_upload(
         assert isinstance(data, dict)
         params = {p: data.pop(p, "") for p in route.path_params}
         path = route.build_path(params)
-        call = rpc.call = gw.begin(route, meta, context, data, 0, rpc.credential, rpc.started)
+        call = gw.begin(route, meta, context, data, 0, rpc)
         body = MultipartStream(
             form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"), route
         )
