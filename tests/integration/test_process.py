@@ -331,18 +331,7 @@ async def test_a_dead_worker_takes_the_gateway_down(fake: FakeUpstream) -> None:
     env = clean_env(
         OPENAI_API_KEY="sk-workers-test", OPENAI_BASE_URL=fake.base_url, OPENAI_GRPC_GRACE_SECONDS="20"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openai_grpc_server",
-        "--workers",
-        "2",
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_gateway("--workers", "2", "--port", str(port), env=env)
     try:
         assert proc.stdout is not None and proc.stderr is not None
         assert b"listening" in await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -387,18 +376,8 @@ async def test_no_worker_says_serving_before_all_listen() -> None:
     from grpc_health.v1 import health_pb2  # noqa: PLC0415
 
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openai_grpc_server",
-        "--demo",
-        "--workers",
-        "2",
-        "--port",
-        str(port),
-        env=clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+    proc = await spawn_gateway(
+        "--demo", "--workers", "2", "--port", str(port), env=clean_env(), stderr=asyncio.subprocess.DEVNULL
     )
     assert proc.stdout is not None
     try:
@@ -431,18 +410,8 @@ async def test_no_worker_says_serving_before_all_listen() -> None:
 
 async def test_workers_stop_when_their_supervisor_is_killed() -> None:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "openai_grpc_server",
-        "--demo",
-        "--workers",
-        "2",
-        "--port",
-        str(port),
-        env=clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+    proc = await spawn_gateway(
+        "--demo", "--workers", "2", "--port", str(port), env=clean_env(), stderr=asyncio.subprocess.DEVNULL
     )
     assert proc.stdout is not None
     assert b"grpcurl" in await asyncio.wait_for(proc.stdout.read(400), 30)

@@ -46,8 +46,11 @@ def read_in_background(stream: asyncio.StreamReader | None) -> asyncio.Task[byte
     return asyncio.ensure_future(read_all())
 
 
-async def spawn_gateway(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """`python -m openai_grpc_server ARGS` with its stdout and stderr piped."""
+async def spawn_gateway(
+    *args: str, env: dict[str, str], stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`python -m openai_grpc_server ARGS` with its stdout piped, and its stderr too unless the
+    caller discards it (`asyncio.subprocess.DEVNULL`: nobody reads the access log then)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -55,7 +58,7 @@ async def spawn_gateway(*args: str, env: dict[str, str]) -> asyncio.subprocess.P
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=stderr,
     )
 
 
