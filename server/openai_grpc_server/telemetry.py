@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -66,7 +67,13 @@ class JsonFormatter(logging.Formatter):
                 entry[k] = v
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        # orjson: one access line per RPC, a third of the standard library's cost; the standard
+        # library still writes what orjson refuses (an integer beyond 64 bits).
+        try:
+            text = orjson.dumps(entry, default=str).decode()
+        except TypeError:
+            text = json.dumps(entry, default=str)
+        return redact(text)
 
 
 def setup_logging(level: str) -> None:
