@@ -13,8 +13,6 @@ import base64
 import sys
 from typing import Any
 
-PATH = "/embeddings"
-
 
 def prepare(body: dict[str, Any]) -> bool:
     """Switch the request to base64; True when the answer must be turned back into floats."""

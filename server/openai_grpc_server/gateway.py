@@ -11,10 +11,9 @@ docs/architecture.md describes the whole path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -56,25 +55,25 @@ class Admission:
         self.wait = wait
         self.waiting = 0
 
-    @contextlib.asynccontextmanager
-    async def __call__(self, time_left: float | None) -> AsyncIterator[None]:
-        if self._sem.locked():
-            if self.waiting >= self.queue:
-                raise self._overloaded("every slot is busy and the wait queue is full")
-            wait = self.wait if time_left is None else max(0.0, min(self.wait, time_left - 0.05))
-            self.waiting += 1
-            try:
-                await asyncio.wait_for(self._sem.acquire(), wait)
-            except TimeoutError:
-                raise self._overloaded(f"no slot came free within {wait:.1f} s") from None
-            finally:
-                self.waiting -= 1
-        else:
+    async def acquire(self, time_left: float | None) -> None:
+        """A slot for one call; give it back with `release`. Plain methods, not a context
+        manager: this runs on every call, and a generator-based one costs a few µs each."""
+        if not self._sem.locked():
             await self._sem.acquire()  # a free slot: never blocks
+            return
+        if self.waiting >= self.queue:
+            raise self._overloaded("every slot is busy and the wait queue is full")
+        wait = self.wait if time_left is None else max(0.0, min(self.wait, time_left - 0.05))
+        self.waiting += 1
         try:
-            yield
+            await asyncio.wait_for(self._sem.acquire(), wait)
+        except TimeoutError:
+            raise self._overloaded(f"no slot came free within {wait:.1f} s") from None
         finally:
-            self._sem.release()
+            self.waiting -= 1
+
+    def release(self) -> None:
+        self._sem.release()
 
     @staticmethod
     def _overloaded(why: str) -> GatewayOverloaded:
@@ -105,19 +104,19 @@ class Boundary:
     and `CancelledError` propagates (swallowing it leaks the call in grpc.aio); a stream's span
     ends after the failure was recorded on it. Handlers only do their kind's work inside."""
 
-    __slots__ = ("_context", "_gw", "_route", "_rpc", "_slot")
+    __slots__ = ("_context", "_gw", "_route", "_rpc")
 
     def __init__(self, gw: Gateway, route: Route, context: Context) -> None:
         self._gw = gw
         self._route = route
         self._context = context
-        self._slot = gw.slot(context)
         self._rpc: Rpc | None = None
 
     async def __aenter__(self) -> Rpc:
         started = time.perf_counter()
+        admission = self._gw.admission
         try:
-            await self._slot.__aenter__()
+            await admission.acquire(self._context.time_remaining())
         except Exception as exc:  # no slot: RESOURCE_EXHAUSTED at once
             await self._gw.fail(self._context, None, self._route, exc, started)
         except asyncio.CancelledError:  # the caller left while waiting for a slot
@@ -126,7 +125,7 @@ class Boundary:
         try:
             credential = self._gw.authenticate(self._context)
         except Exception as exc:
-            await self._slot.__aexit__(type(exc), exc, exc.__traceback__)
+            admission.release()
             await self._gw.fail(self._context, None, self._route, exc, started)
         self._rpc = Rpc(started, credential)
         return self._rpc
@@ -136,7 +135,7 @@ class Boundary:
     ) -> None:
         rpc = self._rpc
         assert rpc is not None
-        await self._slot.__aexit__(exc_type, exc, tb)
+        self._gw.admission.release()
         try:
             if isinstance(exc, Exception):
                 await self._gw.fail(self._context, rpc.call, self._route, exc, rpc.started)
@@ -177,10 +176,6 @@ class Gateway:
     def boundary(self, route: Route, context: Context) -> Boundary:
         """The start and end every RPC shares (see `Boundary`)."""
         return Boundary(self, route, context)
-
-    def slot(self, context: Context) -> contextlib.AbstractAsyncContextManager[None]:
-        """A place among the calls at work (or an immediate RESOURCE_EXHAUSTED)."""
-        return self.admission(context.time_remaining())
 
     def authenticate(self, context: Context) -> Credential:
         """First step of every call: nothing about the request is looked at before this."""
@@ -251,7 +246,7 @@ class Gateway:
                 req = routes.build_request(route, request)
                 unpack = (
                     self.embeddings_base64
-                    and route.path_template == embeddings.PATH
+                    and route.behaviour.embeddings_base64
                     and embeddings.prepare(req.body or {})
                 )
                 payload = jsonlib.dumps(req.body) if req.body is not None else None
@@ -278,7 +273,7 @@ class Gateway:
                 query=req.query,
                 json=payload,
                 time_left=a.timeout,
-                beta=route.beta_header,
+                behaviour=route.behaviour,
                 accept=route.accept,
             )
 

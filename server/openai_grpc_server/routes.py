@@ -25,11 +25,10 @@ from google.protobuf.message import Message
 from openai_grpc.v1 import options_pb2
 
 from openai_grpc_server import codec
+from openai_grpc_server.endpoints import Behaviour, behaviour_for
 
 CONTRACT_PACKAGE = "openai_grpc.v1"
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-# OpenAI's beta APIs want this header; the gateway adds it so callers need not know.
-_ASSISTANTS_BETA_PREFIXES = ("/assistants", "/threads", "/vector_stores")
 # The `Accept` header the official SDK sends: JSON; bytes for downloads and speech; anything
 # where OpenAI answers without a body (the output message has nothing but `extra`).
 _ACCEPT = "application/json"
@@ -62,6 +61,8 @@ class Route:
     output_desc: descriptor.Descriptor
     input_cls: type[Message]
     output_cls: type[Message]
+    # What this endpoint needs beyond the generic route (the table in endpoints.py).
+    behaviour: Behaviour
 
     @property
     def full_method(self) -> str:
@@ -71,10 +72,6 @@ class Route:
     def endpoint(self) -> str:
         """Stable label for metrics, logs and breaker keys: `POST /chat/completions`."""
         return f"{self.http_method} {self.path_template}"
-
-    @property
-    def beta_header(self) -> str | None:
-        return "assistants=v2" if self.path_template.startswith(_ASSISTANTS_BETA_PREFIXES) else None
 
     @functools.cached_property
     def accept(self) -> str:
@@ -142,6 +139,7 @@ def load_routes() -> list[Route]:
                         output_desc=method.output_type,
                         input_cls=message_factory.GetMessageClass(method.input_type),
                         output_cls=message_factory.GetMessageClass(method.output_type),
+                        behaviour=behaviour_for(f"{verb.upper()} {template}"),
                     )
                 )
     return routes

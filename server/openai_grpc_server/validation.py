@@ -2,7 +2,7 @@
 
 Every violation is collected, so one INVALID_ARGUMENT lists them all as BadRequest field
 violations. Generic checks come from the descriptors (REQUIRED path parameters must be set);
-the chat rules apply to any request message that has those fields.
+the chat rules apply where the endpoint table says so (endpoints.py).
 """
 
 from __future__ import annotations
@@ -64,9 +64,6 @@ def check_upload_metadata(route: Route, meta: Message) -> None:
     _raise(_path_and_extra(meta, route.path_params, "metadata."))
 
 
-_CHAT_REQUESTS = frozenset({"CreateChatCompletionRequest", "StreamChatCompletionRequest"})
-
-
 def _has(msg: Message, name: str) -> bool:
     f = msg.DESCRIPTOR.fields_by_name.get(name)
     return f is not None and f.has_presence and msg.HasField(name)
@@ -74,7 +71,7 @@ def _has(msg: Message, name: str) -> bool:
 
 def check(route: Route, msg: Message, *, streaming: bool = False) -> None:
     violations = _path_and_extra(msg, route.path_params)
-    if msg.DESCRIPTOR.name in _CHAT_REQUESTS:
+    if route.behaviour.chat_rules:
         violations.extend(_chat(msg, streaming))
     _raise(violations)
 

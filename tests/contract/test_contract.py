@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from openai_grpc_server import routes
-from openai_grpc_server.services import streams
 
 from tests.support import fidelity, specmodel
 from tests.support.protomodel import EXTRA_FIELD, EXTRA_NUMBER, ROOT, load_model, query_fields
@@ -242,6 +241,6 @@ def test_stream_options_are_asked_for_only_where_the_spec_has_them() -> None:
         options = shape[0].get("stream_options") if shape else None
         option_shape = specmodel.object_shape(options) if options else None
         spec_has = option_shape is not None and "include_usage" in option_shape[0]
-        assert streams.has_include_usage(route) == spec_has, route.full_method
+        assert route.behaviour.stream_usage == spec_has, route.full_method
         checked += spec_has
     assert checked == 2  # StreamChatCompletion, StreamCompletion

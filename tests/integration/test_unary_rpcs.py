@@ -104,7 +104,7 @@ async def test_unary_rpc(route: routes.Route, gateway: Gateway, clean_fake: Fake
     assert got.headers["openai-organization"] == "org-test"
     assert got.headers["openai-project"] == "proj-test"
     assert got.headers["user-agent"].startswith("openai-grpc/")
-    assert got.headers.get("openai-beta") == route.beta_header
+    assert got.headers.get("openai-beta") == route.behaviour.beta
     assert metadata.get("x-request-id") == got.request_id
 
     # The caller gets what the upstream answered, field for field (replayed on a fresh fake

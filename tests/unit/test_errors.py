@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 from google.rpc import status_pb2
-from openai_grpc_server import errors, status
+from openai_grpc_server import endpoints, errors, status
 from openai_grpc_server.upstream import classify as classifier
 
 from tests.support.rich_status import DETAIL_TYPES
@@ -48,8 +48,8 @@ def classify(
         status_code,
         headers or {},
         openai_body() if body is None else body,
-        method=method,
         path=path,
+        state_change=endpoints.behaviour_for(f"{method} {path}").state_change,
     )
 
 

@@ -42,17 +42,6 @@ from openai_grpc_server.upstream.client import forwarded_metadata
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
 
 DONE = "[DONE]"
-# Responses and image streams end with one of these events instead of [DONE].
-_TERMINAL_TYPES = frozenset(
-    {
-        "response.completed",
-        "response.failed",
-        "response.incomplete",
-        "image_generation.completed",
-        "image_edit.completed",
-        "done",
-    }
-)
 
 
 @dataclasses.dataclass
@@ -87,7 +76,7 @@ async def _open_upstream(
         query=req.query,
         json=payload,
         time_left=attempt.timeout,
-        beta=route.beta_header,
+        behaviour=route.behaviour,
         accept=route.accept,
         stream=True,
     )
@@ -157,14 +146,6 @@ def _converter(route: Route) -> EventConverter:
     return EventConverter(route)
 
 
-@functools.cache
-def has_include_usage(route: Route) -> bool:
-    """Whether the request's `stream_options` has `include_usage` (Chat and Completions only:
-    a Responses stream reports usage in its completed event, and has no such option)."""
-    options = route.input_desc.fields_by_name.get("stream_options")
-    return options is not None and "include_usage" in codec.message_type(options).fields_by_name
-
-
 def _ask_for_usage(route: Route, body: dict[str, Any] | None) -> bool:
     """Chat and completion streams report token usage only when asked to.
 
@@ -172,7 +153,7 @@ def _ask_for_usage(route: Route, body: dict[str, Any] | None) -> bool:
     see real usage for streams too; when the caller did not ask, the extra usage-only chunk is
     dropped before it reaches them. Returns whether that chunk must be hidden.
     """
-    if body is None or not has_include_usage(route):
+    if body is None or not route.behaviour.stream_usage:
         return False
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is not None:
@@ -215,6 +196,7 @@ async def relay_events(
             validation.check(route, request, streaming=True)
             req = routes.build_request(route, request, stream=True)
             hide_usage = _ask_for_usage(route, req.body)
+            terminal = route.behaviour.terminal_events
             body_bytes = jsonlib.dumps(req.body) if req.body is not None else None
             call = gw.begin(route, request, context, req.body, len(body_bytes or b""), rpc)
             rpc.span = gw.telemetry.stream_span(call)
@@ -281,7 +263,7 @@ async def relay_events(
                         if hide_usage and payload.get("choices") == []:
                             continue  # the usage chunk the gateway asked for, not the caller
                     etype = payload.get("type") if isinstance(payload, dict) else None
-                    if sse.event in _TERMINAL_TYPES or etype in _TERMINAL_TYPES:
+                    if sse.event in terminal or etype in terminal:
                         finished = True
                     try:
                         out.append(converter.convert(sse, payload))

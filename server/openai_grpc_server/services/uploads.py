@@ -29,13 +29,6 @@ from openai_grpc_server.resilience import Attempt
 from openai_grpc_server.routes import QUERY_LIST_SUFFIX, Route, flatten
 from openai_grpc_server.upstream.client import forwarded_metadata
 
-# The multipart field a chunk with an empty `field` belongs to, by endpoint.
-_MAIN_FILE_FIELD = {
-    "/uploads/{upload_id}/parts": "data",
-    "/images/edits": "image",
-    "/images/variations": "image",
-}
-
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
@@ -120,9 +113,7 @@ async def relay_upload(
         params = {p: data.pop(p, "") for p in route.path_params}
         path = route.build_path(params)
         call = gw.begin(route, meta, context, data, 0, rpc)
-        body = MultipartStream(
-            form_fields(data), requests, _MAIN_FILE_FIELD.get(route.path_template, "file"), route
-        )
+        body = MultipartStream(form_fields(data), requests, route.behaviour.upload_field, route)
         active = call
 
         async def attempt(a: Attempt) -> Any:
@@ -133,7 +124,7 @@ async def relay_upload(
                 content=body,
                 content_type=body.content_type,
                 time_left=a.timeout,
-                beta=route.beta_header,
+                behaviour=route.behaviour,
                 accept=route.accept,
             )
 

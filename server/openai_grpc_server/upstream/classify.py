@@ -86,9 +86,6 @@ _CODE_TABLE: dict[str, type[OpenAIError]] = {
     "expired_api_key": ExpiredApiKey,
 }
 
-# A 400 on these operations means the resource is in the wrong state (cancel a finished batch).
-_STATE_CHANGE_SUFFIXES = ("/cancel", "/pause", "/resume", "/complete", "/submit_tool_outputs")
-
 
 # No upstream delay is taken at face value beyond a day (`retry-after: inf` or 1e300).
 MAX_RETRY_AFTER = 86_400.0
@@ -153,10 +150,11 @@ def classify_response(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    method: str = "",
     path: str = "",
+    state_change: bool = False,
 ) -> OpenAIError:
-    """Turn a non-2xx upstream answer into the taxonomy."""
+    """Turn a non-2xx upstream answer into the taxonomy. `state_change`: the call changes a
+    resource's state (endpoints.py), where a 400 means the resource is in the wrong state."""
     err = _error_body(body)
     openai_code = str(err.get("code")) if err and err.get("code") is not None else None
     openai_type = str(err.get("type")) if err and err.get("type") is not None else None
@@ -169,7 +167,7 @@ def classify_response(
     refined = _CODE_TABLE.get(openai_code or "") or _CODE_TABLE.get(openai_type or "")
     if refined is not None and (status < 500 or refined is QuotaExceeded):
         cls = refined
-    elif status == 400 and method == "POST" and path.endswith(_STATE_CHANGE_SUFFIXES):
+    elif status == 400 and state_change:
         cls = InvalidState
 
     violations: tuple[FieldViolation, ...] = ()

@@ -14,8 +14,10 @@ from typing import Any, NoReturn
 import httpx
 from openai_grpc_server import __version__, jsonlib
 from openai_grpc_server.auth import Credential
+from openai_grpc_server.endpoints import GENERIC, Behaviour
 from openai_grpc_server.errors import DeserializationError, OpenAIError, ResponseTooLarge, redact
 from openai_grpc_server.upstream.classify import classify_exception, classify_response
+from openai_grpc_server.upstream.transport import READ_WHOLE, AiohttpTransport
 
 USER_AGENT = f"openai-grpc/{__version__}"
 # Response headers callers get back as gRPC metadata.
@@ -27,7 +29,10 @@ FORWARDED_HEADERS = (
     "retry-after-ms",
 )
 FORWARDED_PREFIXES = ("x-ratelimit-",)
-_TEXT_TYPES = ("text/plain", "text/vtt", "application/x-subrip", "text/srt")
+# Sent with every request, as httpx's client would (the URL and timeout come per call).
+_CLIENT_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "gzip, deflate"}
+_URL_CACHE = 1024
+_CREDENTIAL_CACHE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +45,9 @@ class UpstreamSettings:
     max_keepalive: int = 200
     keepalive_expiry: float = 30.0
     pool_timeout: float = 10.0
-    # "httpx": httpx's own connection pool; "aiohttp": httpx's API over aiohttp's pool
-    # (httpx-aiohttp), which costs less CPU per request (docs/benchmarks.md).
+    # "httpx": httpx's own connection pool (httpcore); "aiohttp": httpx's transport interface
+    # over aiohttp's pool (upstream/transport.py), which costs less CPU per request
+    # (docs/benchmarks.md).
     transport: str = "aiohttp"
     # A unary answer larger than this fails before it is held whole (UPSTREAM_BAD_RESPONSE).
     max_response_bytes: int = 64 * 1024 * 1024
@@ -60,21 +66,12 @@ class JsonResponse:
 def _aiohttp_transport(
     settings: UpstreamSettings, ssl_context: ssl.SSLContext, proxy: httpx.Proxy | None = None
 ) -> httpx.AsyncBaseTransport:
-    import aiohttp  # noqa: PLC0415
-    from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
-
-    def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=settings.max_connections,
-            keepalive_timeout=settings.keepalive_expiry,
-            ttl_dns_cache=300,
-            ssl=ssl_context,
-        )
-        # No trust_env here: httpx has already chosen this transport's proxy for the URL.
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True)
-
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(client=session, proxy=proxy, verify=ssl_context)
-    return transport
+    return AiohttpTransport(
+        limit=settings.max_connections,
+        keepalive_expiry=settings.keepalive_expiry,
+        ssl_context=ssl_context,
+        proxy=proxy,
+    )
 
 
 class _AiohttpClient(httpx.AsyncClient):
@@ -104,6 +101,11 @@ def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 class UpstreamClient:
+    """Calls go straight to the transport httpx chose for the base URL: `AsyncClient.send`'s
+    per-call machinery (URL merging, cookies, auth and redirect hooks) costs more than the
+    exchange itself and does nothing for one fixed host (lever table: `upstream_transport`).
+    The `AsyncClient` stays for that choice (proxies from the environment, the CA set)."""
+
     def __init__(self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         base = settings.base_url.rstrip("/")
@@ -116,8 +118,6 @@ class UpstreamClient:
                 max_keepalive_connections=settings.max_keepalive,
                 keepalive_expiry=settings.keepalive_expiry,
             ),
-            "timeout": self._timeout(None),
-            "headers": {"user-agent": USER_AGENT},
             "follow_redirects": False,
             # One CA set for either transport, chosen as httpx (and so the SDK) does.
             "verify": httpx.create_ssl_context(trust_env=settings.trust_env),
@@ -128,21 +128,48 @@ class UpstreamClient:
             self._client = _AiohttpClient(settings, **options)
         else:
             self._client = httpx.AsyncClient(transport=transport, **options)
+        # One host: the transport (and proxy) httpx picks for it is the same for every call.
+        self._transport = self._client._transport_for_url(httpx.URL(base + "/"))
+        self._urls: dict[str, httpx.URL] = {}
+        self._cred_headers: dict[Credential, dict[str, str]] = {}
+        self._default_timeout = self._timeout(None)
 
-    def _timeout(self, remaining: float | None) -> httpx.Timeout:
+    def _timeout(self, remaining: float | None) -> dict[str, float]:
+        """httpx's `timeout` request extension, bounded by the caller's time left."""
         s = self.settings
         total = s.request_timeout if remaining is None else max(0.001, min(s.request_timeout, remaining))
-        return httpx.Timeout(
-            connect=min(s.connect_timeout, total), read=total, write=total, pool=min(s.pool_timeout, total)
-        )
+        return {
+            "connect": min(s.connect_timeout, total),
+            "read": total,
+            "write": total,
+            "pool": min(s.pool_timeout, total),
+        }
 
-    @staticmethod
-    def _headers(cred: Credential, beta: str | None, content_type: str | None, accept: str) -> dict[str, str]:
-        headers = {"authorization": f"Bearer {cred.api_key.reveal()}", "accept": accept}
-        if cred.organization:
-            headers["openai-organization"] = cred.organization
-        if cred.project:
-            headers["openai-project"] = cred.project
+    def _url(self, path: str, query: list[tuple[str, str]] | None) -> httpx.URL:
+        """The URL of `path`; parsed once per distinct path (a bounded cache: IDs vary)."""
+        if query:
+            return httpx.URL(self._base + path, params=query)
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE:
+                self._urls.clear()
+            url = self._urls[path] = httpx.URL(self._base + path)
+        return url
+
+    def _headers(
+        self, cred: Credential, beta: str | None, content_type: str | None, accept: str
+    ) -> dict[str, str]:
+        base = self._cred_headers.get(cred)
+        if base is None:  # once per credential (a reload brings new ones; old ones age out)
+            if len(self._cred_headers) >= _CREDENTIAL_CACHE:
+                self._cred_headers.clear()
+            base = {"authorization": f"Bearer {cred.api_key.reveal()}", **_CLIENT_HEADERS}
+            if cred.organization:
+                base["openai-organization"] = cred.organization
+            if cred.project:
+                base["openai-project"] = cred.project
+            self._cred_headers[cred] = base
+        headers = {**base, "accept": accept}
         if beta:
             headers["openai-beta"] = beta
         if content_type:
@@ -160,7 +187,7 @@ class UpstreamClient:
         content: AsyncIterable[bytes] | None = None,
         content_type: str | None = None,
         time_left: float | None = None,
-        beta: str | None = None,
+        behaviour: Behaviour = GENERIC,
         accept: str = "application/json",
         stream: bool = False,
     ) -> httpx.Response:
@@ -172,16 +199,20 @@ class UpstreamClient:
         """
         if json is not None or (content is None and method != "GET"):
             content_type = "application/json"
-        request = self._client.build_request(
+        extensions: dict[str, Any] = {
+            "timeout": self._default_timeout if time_left is None else self._timeout(time_left)
+        }
+        if not stream:
+            extensions[READ_WHOLE] = self.settings.max_response_bytes
+        request = httpx.Request(
             method,
-            path,
-            params=list(query) if query else None,
+            self._url(path, query),
+            headers=self._headers(cred, behaviour.beta, content_type, accept),
             content=json if json is not None else content,
-            headers=self._headers(cred, beta, content_type, accept),
-            timeout=self._timeout(time_left),
+            extensions=extensions,
         )
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
         except Exception as exc:
             self.reraise(exc)
         if response.status_code >= 400 or not stream:
@@ -195,7 +226,11 @@ class UpstreamClient:
                 await response.aclose()
         if response.status_code >= 400:
             raise classify_response(
-                response.status_code, response.headers, response.content, method=method, path=path
+                response.status_code,
+                response.headers,
+                response.content,
+                path=path,
+                state_change=behaviour.state_change,
             )
         return response
 
@@ -210,6 +245,10 @@ class UpstreamClient:
         """Read the whole body, failing as soon as it is known to exceed `max_response_bytes`:
         from Content-Length before reading, else while counting (never holding it all first)."""
         limit = self.settings.max_response_bytes
+        if response.is_stream_consumed:  # the transport read it (a declared length within the limit)
+            if len(response.content) > limit:
+                raise ResponseTooLarge.of(len(response.content), limit, response.headers)
+            return
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ResponseTooLarge.of(int(declared), limit, response.headers)
@@ -225,7 +264,8 @@ class UpstreamClient:
 
     async def send_json(self, method: str, path: str, **kwargs: Any) -> JsonResponse:
         response = await self.send(method, path, **kwargs)
-        return JsonResponse(response.status_code, response.headers, parse_json(response))
+        text_types = kwargs.get("behaviour", GENERIC).text_types
+        return JsonResponse(response.status_code, response.headers, parse_json(response, text_types))
 
     def url(self, path: str) -> str:
         """The upstream URL of `path`, for traces (never carries credentials)."""
@@ -235,8 +275,9 @@ class UpstreamClient:
         await self._client.aclose()
 
 
-def parse_json(response: httpx.Response) -> Any:
-    """Parse a 2xx body; a wrong content type is tolerated when the body still parses."""
+def parse_json(response: httpx.Response, text_types: tuple[str, ...] = ()) -> Any:
+    """Parse a 2xx body; a wrong content type is tolerated when the body still parses. A body
+    of one of `text_types` (transcripts as text, srt or vtt) is the resource's `text` whole."""
     body = response.content
     if not body:
         if response.status_code == 204:
@@ -249,8 +290,7 @@ def parse_json(response: httpx.Response) -> Any:
         )
         raise empty
     ctype = response.headers.get("content-type", "")
-    if ctype.startswith(_TEXT_TYPES):
-        # Transcripts in text, srt or vtt format: the resource's `text` carries them whole.
+    if text_types and ctype.startswith(text_types):
         return {"text": response.text}
     try:
         return jsonlib.loads(body)
