@@ -243,7 +243,8 @@ def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError
         return ProtocolError(f"the upstream{where} did not answer in HTTP: {detail}")
     cause = exc.__cause__
     if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look underneath.
+        # A transport that maps aiohttp errors coarsely (httpx-aiohttp turns every connection
+        # error into ConnectTimeout): the aiohttp cause underneath says what happened.
         name = type(cause).__name__
         if "Timeout" not in name:
             return ConnectionFailed(f"the upstream connection failed{where}: {redact(str(cause)) or name}")
@@ -259,7 +260,7 @@ def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError
     if isinstance(exc, httpx.TransportError | OSError):
         return ConnectionFailed(f"network error{where}: {detail}")
     if type(exc).__module__.startswith("aiohttp"):
-        # An aiohttp error httpx-aiohttp does not map (a response it could not parse).
+        # An aiohttp error no transport mapped (a response it could not parse).
         return ConnectionFailed(f"the upstream connection failed{where}: {detail}")
     return GatewayInternal("internal error in the gateway")
 
