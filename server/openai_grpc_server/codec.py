@@ -169,6 +169,10 @@ class _Union:
         return None
 
 
+# How `encode` writes the value of a set field (by its kind, computed once per field).
+_OUT_PLAIN, _OUT_MESSAGE, _OUT_LIST, _OUT_MESSAGES, _OUT_MAP, _OUT_CONVERTED, _OUT_EXTRA = range(7)
+
+
 @dataclasses.dataclass
 class _Plan:
     desc: descriptor.Descriptor
@@ -177,9 +181,50 @@ class _Plan:
     required: frozenset[str]
     has_extra: bool
     wrapper: bool
+    # Field number -> (JSON key, how to write it) for the fields `ListFields` reports as set.
+    out: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    # Required fields written even when unset (a required 0, false or empty list is a value).
+    out_required: tuple[tuple[str, FD], ...] = ()
+    # JSON key -> (field name, Python type, range) of scalar fields, for a type-exact fast path.
+    scalars: dict[str, tuple[str, type, tuple[int, int] | None]] = dataclasses.field(default_factory=dict)
+
+
+def _out_kind(f: FD) -> int:
+    if f.name == EXTRA:
+        return _OUT_EXTRA
+    if f.type == FD.TYPE_MESSAGE:
+        if f.is_repeated:
+            return _OUT_MAP if message_type(f).GetOptions().map_entry else _OUT_MESSAGES
+        return _OUT_MESSAGE
+    if f.type in (FD.TYPE_BYTES, FD.TYPE_ENUM):
+        return _OUT_CONVERTED
+    return _OUT_LIST if f.is_repeated else _OUT_PLAIN
+
+
+def _scalar_fast(f: FD) -> tuple[type, tuple[int, int] | None] | None:
+    if f.is_repeated or f.type == FD.TYPE_MESSAGE:
+        return None
+    if f.type == FD.TYPE_STRING:
+        return str, None
+    if f.type == FD.TYPE_BOOL:
+        return bool, None
+    if f.type in _INT_TYPES:
+        return int, _INT_RANGE[f.type]
+    if f.type in _FLOAT_TYPES:
+        return float, None
+    return None
 
 
 _plans: dict[str, _Plan] = {}
+_plans_by_class: dict[type[Message], _Plan] = {}
+
+
+def _plan_of(msg: Message) -> _Plan:
+    """The plan of a message, found by its class (cheaper than by descriptor name per call)."""
+    plan = _plans_by_class.get(type(msg))
+    if plan is None:
+        plan = _plans_by_class[type(msg)] = plan_for(descriptor_of(msg))
+    return plan
 
 
 def plan_for(desc: descriptor.Descriptor) -> _Plan:
@@ -196,13 +241,34 @@ def plan_for(desc: descriptor.Descriptor) -> _Plan:
     for f in desc.fields:
         if f.name != EXTRA and f.name not in in_union:
             fields[json_key(f)] = f
+    required = frozenset(f.name for f in desc.fields if _required(f))
+    out = {f.number: (json_key(f), _out_kind(f)) for f in fields.values()}
+    for u in unions.values():
+        out.update({m.number: (u.name, _out_kind(m)) for m in u.members})
+    if EXTRA in desc.fields_by_name:
+        extra = desc.fields_by_name[EXTRA]
+        out[extra.number] = (EXTRA, _OUT_EXTRA)
+    out_required = tuple(
+        (key, f)
+        for key, f in fields.items()
+        if f.name in required
+        and (f.is_repeated or (f.type != FD.TYPE_MESSAGE and not f.has_presence and f.type not in _TEXT))
+    )
+    scalars = {}
+    for key, f in fields.items():
+        fast = _scalar_fast(f)
+        if fast is not None:
+            scalars[key] = (f.name, *fast)
     plan = _Plan(
         desc=desc,
         fields=fields,
         unions=unions,
-        required=frozenset(f.name for f in desc.fields if _required(f)),
+        required=required,
         has_extra=EXTRA in desc.fields_by_name,
         wrapper=is_list_wrapper(desc),
+        out=out,
+        out_required=out_required,
+        scalars=scalars,
     )
     _plans[desc.full_name] = plan
     return plan
@@ -259,7 +325,7 @@ def decode_into(value: JSON, msg: Message, *, strict: bool = False) -> None:
     another JSON type is a CodecError: the answer's structure is not the contract's. A scalar of
     another type still lands in `extra` (OpenAI widens scalars: its own example sends the
     `search_query` list as one string), and so do unknown keys."""
-    plan = plan_for(descriptor_of(msg))
+    plan = _plan_of(msg)
     if plan.desc.full_name in _JSON_WKT:
         _decode_wkt(value, msg)
         return
@@ -271,9 +337,18 @@ def decode_into(value: JSON, msg: Message, *, strict: bool = False) -> None:
     if not isinstance(value, dict):
         raise CodecError(f"{plan.desc.name}: expected an object")
     extra: dict[str, JSON] | None = None
+    scalars = plan.scalars
     for key, item in value.items():
         if item is None:
             continue
+        fast = scalars.get(key)
+        if fast is not None and type(item) is fast[1]:
+            # The common case, a scalar of exactly its field's type: set it without the checks
+            # below (an int within range; anything else takes the general path).
+            bounds = fast[2]
+            if bounds is None or bounds[0] <= cast(int, item) <= bounds[1]:
+                setattr(msg, fast[0], item)
+                continue
         target = plan.fields.get(key)
         if target is None and key in plan.unions:
             target = plan.unions[key].pick(item)
@@ -377,39 +452,43 @@ def _encode_value(f: FD, value: Any) -> JSON:
 
 
 def encode(msg: Message) -> JSON:
-    """The OpenAI JSON for `msg` (an object, or an array for a list wrapper)."""
-    plan = plan_for(descriptor_of(msg))
+    """The OpenAI JSON for `msg` (an object, or an array for a list wrapper).
+
+    Walks only the fields that are set (`ListFields`, in C) rather than every field of the
+    type: a chat request has some forty fields and sets four."""
+    plan = _plan_of(msg)
     if plan.desc.full_name in _JSON_WKT:
         return _ints(json_format.MessageToDict(msg))
     if plan.wrapper:
         f = plan.desc.fields[0]
         return [_encode_value(f, v) for v in getattr(msg, f.name)]
     out: dict[str, JSON] = {}
-    for name, f in plan.fields.items():
-        value = getattr(msg, f.name)
-        if f.is_repeated:
-            if f.type == FD.TYPE_MESSAGE and message_type(f).GetOptions().map_entry:
-                if value:
-                    vf = message_type(f).fields_by_name["value"]
-                    out[name] = {k: _encode_value(vf, v) for k, v in value.items()}
-            elif value or f.name in plan.required:
-                out[name] = [_encode_value(f, v) for v in value]
-        elif f.type == FD.TYPE_MESSAGE:
-            if msg.HasField(f.name):
-                out[name] = encode(value)
-        elif f.has_presence:
-            if msg.HasField(f.name):
-                out[name] = _encode_value(f, value)
-        elif value or (f.name in plan.required and f.type not in _TEXT):
+    extra: JSON = None
+    kinds = plan.out
+    for f, value in msg.ListFields():
+        key, kind = kinds[f.number]
+        if kind == _OUT_PLAIN:
+            out[key] = value
+        elif kind == _OUT_MESSAGE:
+            out[key] = encode(value)
+        elif kind == _OUT_MESSAGES:
+            out[key] = [encode(v) for v in value]
+        elif kind == _OUT_LIST:
+            out[key] = list(value)
+        elif kind == _OUT_MAP:
+            vf = message_type(f).fields_by_name["value"]
+            out[key] = {k: _encode_value(vf, v) for k, v in value.items()}
+        elif kind == _OUT_CONVERTED:
+            out[key] = [_encode_value(f, v) for v in value] if f.is_repeated else _encode_value(f, value)
+        else:  # _OUT_EXTRA: merged last, as keys the contract does not know
+            extra = _ints(json_format.MessageToDict(value))
+    for key, f in plan.out_required:
+        if key not in out:
             # A required 0 or false is a value; a required empty string is only "not set".
-            out[name] = _encode_value(f, value)
-    for uname in plan.unions:
-        member = msg.WhichOneof(uname)
-        if member is not None:
-            mf = plan.desc.fields_by_name[member]
-            out[uname] = _encode_value(mf, getattr(msg, member))
-    if plan.has_extra and msg.HasField(EXTRA):
-        out.update(_ints(json_format.MessageToDict(getattr(msg, EXTRA))))
+            value = getattr(msg, f.name)
+            out[key] = [] if f.is_repeated else _encode_value(f, value)
+    if extra:
+        out.update(extra)
     return out
 
 
