@@ -282,6 +282,10 @@ class Telemetry(RateLimitTelemetry):
     def request_span(self, call: Call, *, streaming: bool) -> Iterator[trace.Span]:
         """The current `openai.request` span around one RPC's upstream work."""
         span = self.stream_span(call, streaming=streaming)
+        if not span.get_span_context().is_valid:
+            # No tracer behind the API (tracing off): nothing reads the span, skip the context.
+            yield span
+            return
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             yield span

@@ -158,6 +158,11 @@ class _ClockStorage(CircuitMemoryStorage):  # type: ignore[misc]
         self._failures.clear()
 
     @property
+    def has_failures(self) -> bool:
+        """Any failure recorded (expired ones included: cheaper than `counter` per call)."""
+        return bool(self._failures)
+
+    @property
     def counter(self) -> int:
         horizon = self._clock.now() - self._window
         while self._failures and self._failures[0] <= horizon:
@@ -332,6 +337,8 @@ class CircuitBreaker:
         elif state is CircuitState.CLOSED:
             if not failed:
                 self._successes += 1
+                if not self._storage.has_failures:
+                    return  # aiobreaker would only reset an empty count: skip its call machinery
             # aiobreaker counts the failure (or resets the count on success) and opens the
             # circuit when the threshold is reached.
             traceback = error.__traceback__ if error is not None else None

@@ -29,6 +29,7 @@ FORWARDED_HEADERS = (
     "retry-after-ms",
 )
 FORWARDED_PREFIXES = ("x-ratelimit-",)
+_FORWARDED = frozenset(FORWARDED_HEADERS)
 # Sent with every request, as httpx's client would (the URL and timeout come per call).
 _CLIENT_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "gzip, deflate"}
 _URL_CACHE = 1024
@@ -93,9 +94,11 @@ class _AiohttpClient(httpx.AsyncClient):
 
 def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     out = []
-    for k, v in headers.items():
+    # httpx's `items()` would decode every header and merge repeated ones first.
+    items = headers.multi_items() if isinstance(headers, httpx.Headers) else headers.items()
+    for k, v in items:
         key = k.lower()
-        if key in FORWARDED_HEADERS or key.startswith(FORWARDED_PREFIXES):
+        if key in _FORWARDED or key.startswith(FORWARDED_PREFIXES):
             out.append((key, redact(v)))  # an upstream echoing a key in a header must not leak it
     return out
 
