@@ -377,6 +377,7 @@ async def relay_events(
             stream, reservation = await gw.policy.execute(call.op, attempt)
             opened = stream  # closed in `finally`
             gw.telemetry.first_chunk(call)
+            streamed = gw.telemetry.stream_counter(call)
             trailing = forwarded_metadata(stream.response.headers)
             gw.observe(call, trailing)
             context.set_trailing_metadata(trailing)
@@ -437,7 +438,7 @@ async def relay_events(
                         for event in events:
                             yield out_cls(events=[event])
                             sent += 1
-                    gw.telemetry.streamed(call, len(events))
+                    streamed(len(events))
                 if decoder.overflow:
                     raise event_too_large(gw.max_event_bytes, sent)
                 try:
