@@ -94,9 +94,11 @@ def test_fast_path_matches_the_codec_on_real_events(method: str) -> None:
 @pytest.mark.parametrize("method", sorted(_PLANS))
 def test_fast_path_matches_the_codec_on_mutated_events(method: str) -> None:
     route = _ROUTES[method]
+    shape = EventConverter(route).shape
     rng = random.Random(method)
     for sse, payload in _events(method):
         for mutated in _mutations(payload, rng, 150):
+            assert shape.fits(mutated) == shape.fits_any(mutated), mutated  # compiled == generic
             fast = _outcome(route, True, sse, mutated)
             assert fast == _outcome(route, False, sse, mutated), (sse.event, mutated)
 
