@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -217,6 +218,11 @@ async def serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     running = await start(settings, serving=supervisor_fd is None)
+    # What start built (descriptors, routes, grpc, aiohttp, telemetry) lives as long as the
+    # process: frozen out of the collector's sight, a full collection no longer walks ~70k
+    # objects (a 47 ms pause at 64 streams, longer than a stream's 40 ms stall budget; 4 ms now).
+    gc.collect()
+    gc.freeze()
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, reload, settings, running.gateway)
     if supervisor_fd is not None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -372,8 +373,13 @@ class Telemetry(RateLimitTelemetry):
         self.time_to_first_chunk.record(time.perf_counter() - call.started, series.gen_ai)
 
     def streamed(self, call: Call, n: int) -> None:
+        self.stream_counter(call)(n)
+
+    def stream_counter(self, call: Call) -> Callable[[int], None]:
+        """`streamed` for one stream, its labels looked up once instead of per message (after
+        `first_chunk`, which has taught the model name)."""
         series = self._route(call.route).labels(self.models.label(call.model), "", "ok")
-        self.chunks.add(n, series.chunks)
+        return functools.partial(self.chunks.add, attributes=series.chunks)
 
     # --- the end of an RPC -------------------------------------------------------------------
     def request_done(

@@ -429,3 +429,62 @@ def test_seen_bytes_tells_a_silent_stream_from_a_non_sse_one() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"<html>not an event stream</html>\n") == []
     assert decoder.seen_bytes == 33
+
+
+# --- the fast path (nothing pending, LF line ends) agrees with the general decoder -----------
+
+
+def decode_general(chunks: Iterable[bytes]) -> list[SSEEvent]:
+    """As `decode`, but every chunk goes the general, line-by-line way."""
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        if chunk:
+            decoder._feed(chunk, events)
+    events.extend(decoder.close())
+    return events
+
+
+OPENAI_LIKE = (
+    b'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}\n\n'
+    b"data: \n\n"
+    b"data:{}\n\n"
+    b": keep-alive\n\n"
+    b"event: thread.run.created\ndata: {}\n\n"
+    b'data: {"a":"\xc3\xa9"}\n\n\n\n'
+    b"id: 7\ndata: x\n\n"
+    b"data: y\n\n"
+    b"data: a\ndata: b\n\n"
+    b"data: [DONE]\n\n"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(OPENAI_LIKE)), max_size=6))
+def test_fast_path_agrees_with_the_general_decoder(cuts: list[int]) -> None:
+    chunks = split_at(OPENAI_LIKE, cuts)
+    assert decode(chunks) == decode_general(chunks) == decode_general([OPENAI_LIKE])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=event_streams(), data=st.data())
+def test_fast_path_agrees_on_any_stream(stream: tuple[bytes, list[SSEEvent]], data: st.DataObject) -> None:
+    raw, _ = stream
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=8), label="cuts")
+    chunks = split_at(raw, cuts)
+    assert decode(chunks) == decode_general(chunks)
+
+
+def test_fast_path_keeps_the_size_limit() -> None:
+    decoder = SSEDecoder(max_event_bytes=20)
+    assert decoder.feed(b"data: short\n\ndata: " + b"x" * 30 + b"\n\ndata: late\n\n") == [ev("short")]
+    assert decoder.overflow
+    exact = SSEDecoder(max_event_bytes=20)
+    assert exact.feed(b"data: " + b"y" * 14 + b"\n\n") == [ev("y" * 14)]  # 20 bytes: at the limit
+    assert not exact.overflow
+
+
+def test_fast_path_keeps_the_last_event_id() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"id: 5\ndata: a\n\n") == [ev("a", id="5")]
+    assert decoder.feed(b"data: b\n\ndata: c\n\n") == [ev("b", id="5"), ev("c", id="5")]

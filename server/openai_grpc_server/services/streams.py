@@ -15,8 +15,9 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import httpx
-from google.protobuf import message_factory
+from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 
 from openai_grpc_server import codec, jsonlib, routes, validation
@@ -39,6 +40,7 @@ from openai_grpc_server.resilience import Attempt, Reservation
 from openai_grpc_server.routes import Route
 from openai_grpc_server.upstream.classify import classify_exception, classify_stream_error
 from openai_grpc_server.upstream.client import forwarded_metadata
+from openai_grpc_server.upstream.raw_stream import Read, as_httpx_error, event_reader, httpx_reader
 from openai_grpc_server.upstream.sse import SSEDecoder, SSEEvent
 
 DONE = "[DONE]"
@@ -47,7 +49,7 @@ DONE = "[DONE]"
 @dataclasses.dataclass
 class _Open:
     response: httpx.Response
-    chunks: AsyncIterator[bytes]
+    read: Read  # the next upstream read; b"" at the end
     first: list[Any]  # events (or bytes) of the first non-empty read
     done: bool = False
     decoder: SSEDecoder | None = None
@@ -81,16 +83,20 @@ async def _open_upstream(
         stream=True,
     )
     try:
-        if not raw:
+        if raw:
+            read = httpx_reader(response.aiter_raw())
+        else:
             _expect_event_stream(response)
-        chunks = response.aiter_raw() if raw else response.aiter_bytes()
-        async for chunk in chunks:
+            read = event_reader(response) or httpx_reader(response.aiter_bytes())
+        while chunk := await read():
             first = decode(chunk)
             if first:
-                return _Open(response, chunks, first)
-        return _Open(response, chunks, [], done=True)
+                return _Open(response, read, first)
+        return _Open(response, read, [], done=True)
     except BaseException as exc:
         await asyncio.shield(response.aclose())
+        if isinstance(exc, aiohttp.ClientError):  # read straight from aiohttp: as httpx says it
+            gw.upstream.reraise(as_httpx_error(exc))
         if isinstance(exc, Exception) and not isinstance(exc, OpenAIError):
             gw.upstream.reraise(exc)
         raise
@@ -117,6 +123,136 @@ def event_too_large(limit: int, sent: int) -> ResponseTooLarge:
     )
 
 
+_FD = descriptor.FieldDescriptor
+_JSON_WKT = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+_FLOATS = frozenset({_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT})
+_LIST_ITEMS = frozenset({_FD.TYPE_STRING, _FD.TYPE_DOUBLE, _FD.TYPE_FLOAT})
+
+
+_MESSAGE, _REPEATED, _LIST, _BOOL, _FLOAT = range(5)
+
+
+class _Shape:
+    """Which JSON objects protobuf's own constructor turns into exactly what `codec.decode_into`
+    (strict) makes of them, for one message type.
+
+    The constructor runs in C: about 2.5 µs for a chat chunk against 18 µs through the codec.
+    It agrees with the codec on the object's fields (None is absent, `{}` is a present message,
+    a wrong scalar type raises) but not everywhere, so `fits` admits only objects whose keys are
+    field names spelled as in JSON, outside unions, maps, bytes, JSON-valued fields and `extra`
+    (an unknown key goes to `extra` in the codec), and whose values have the types on which both
+    agree. Anything else takes the codec: same result, only slower."""
+
+    __slots__ = ("checked", "checks", "fits", "names")
+
+    def __init__(self) -> None:
+        self.names: frozenset[str] = frozenset()
+        # Fields whose values need a look: messages (their own shape), lists (repeated strings
+        # or floats must be JSON arrays), bools (the constructor takes 1 for true) and floats
+        # (it takes true for 1.0).
+        self.checks: dict[str, tuple[int, _Shape | None]] = {}
+        self.checked: frozenset[str] = frozenset()
+        self.fits: Callable[[Any], bool] = self.fits_any  # `shape_for` compiles a faster one
+
+    def fits_any(self, value: Any) -> bool:
+        if type(value) is not dict or not value.keys() <= self.names:
+            return False
+        if not self.checked:
+            return True
+        for name in value.keys() & self.checked:
+            item = value[name]
+            if item is None:
+                continue
+            kind, shape = self.checks[name]
+            if kind == _MESSAGE:
+                if not shape.fits(item):  # type: ignore[union-attr]
+                    return False
+            elif kind == _REPEATED:
+                if type(item) is not list:
+                    return False
+                for element in item:  # a null element too: the codec adds an empty message
+                    if not shape.fits(element):  # type: ignore[union-attr]
+                        return False
+            elif kind == _LIST:
+                if type(item) is not list:
+                    return False
+            elif kind == _BOOL:
+                if type(item) is not bool:
+                    return False
+            elif type(item) is bool:
+                return False
+        return True
+
+
+_shapes: dict[str, _Shape] = {}
+
+
+def shape_for(desc: descriptor.Descriptor) -> _Shape:
+    shape = _shapes.get(desc.full_name)
+    if shape is not None:
+        return shape
+    shape = _shapes[desc.full_name] = _Shape()  # registered first: message types can nest themselves
+    names: set[str] = set()
+    for key, f in codec.plan_for(desc).fields.items():  # `extra` and union members are not in it
+        if key != f.name or f.type == _FD.TYPE_BYTES:
+            continue
+        if f.type == _FD.TYPE_MESSAGE:
+            mt = codec.message_type(f)
+            if mt.GetOptions().map_entry or mt.full_name in _JSON_WKT or codec.is_list_wrapper(mt):
+                continue
+            shape.checks[f.name] = (_REPEATED if f.is_repeated else _MESSAGE, shape_for(mt))
+        elif f.is_repeated:
+            if f.type not in _LIST_ITEMS:
+                continue  # the codec checks each element's type, the constructor not always alike
+            shape.checks[f.name] = (_LIST, None)
+        elif f.type == _FD.TYPE_BOOL:
+            shape.checks[f.name] = (_BOOL, None)
+        elif f.type in _FLOATS:
+            shape.checks[f.name] = (_FLOAT, None)
+        names.add(f.name)
+    shape.names = frozenset(names)
+    shape.checked = frozenset(shape.checks)
+    if len(shape.checks) <= _INLINE_CHECKS:
+        shape.fits = _compile(shape)
+    return shape
+
+
+_INLINE_CHECKS = 8  # past this many, looking only at the keys present (`fits_any`) is cheaper
+
+
+def _compile(shape: _Shape) -> Callable[[Any], bool]:
+    """`shape.fits_any` unrolled for this shape's few checked fields: one `get` each instead of
+    a set intersection and a dispatch per key (a chat chunk: 2.8 -> 1.2 µs)."""
+    env: dict[str, Any] = {"names": shape.names}
+    lines = ["def fits(v):", "    if type(v) is not dict or not v.keys() <= names:", "        return False"]
+    for i, (name, (kind, sub)) in enumerate(shape.checks.items()):
+        env[f"s{i}"] = sub
+        lines.append(f"    x = v.get({name!r})")
+        if kind == _MESSAGE:
+            lines.append(f"    if x is not None and not s{i}.fits(x):")
+        elif kind == _REPEATED:
+            lines += [
+                "    if x is not None:",
+                "        if type(x) is not list:",
+                "            return False",
+                "        for e in x:",
+                f"            if not s{i}.fits(e):",
+                "                return False",
+            ]
+            continue
+        elif kind == _LIST:
+            lines.append("    if x is not None and type(x) is not list:")
+        elif kind == _BOOL:
+            lines.append("    if x is not None and type(x) is not bool:")
+        else:
+            lines.append("    if type(x) is bool:")
+        lines.append("        return False")
+    lines.append("    return True")
+    exec("\n".join(lines), env)  # the source holds only descriptor field names (identifiers)
+    fits: Callable[[Any], bool] = env["fits"]
+    return fits
+
+
 class EventConverter:
     """SSE event -> element of the stream response's `events` field (one per route, cached)."""
 
@@ -124,8 +260,43 @@ class EventConverter:
         event_desc = codec.message_type(route.output_desc.fields_by_name["events"])
         self.event_cls: Callable[[], Message] = message_factory.GetMessageClass(event_desc)
         self.named = "event" in event_desc.fields_by_name and "type" not in event_desc.fields_by_name
+        self.shape = shape_for(event_desc)
+        # Assistants: SSE event name -> (member field, shape of its object) or None (codec only).
+        self._members: dict[str, tuple[str, _Shape] | None] = {}
+
+    def add(self, events: Any, sse: SSEEvent, payload: Any) -> None:
+        """Append the event to `events` (an output message's repeated field), built in place by
+        protobuf when the payload fits, else through the codec (which raises CodecError)."""
+        if self.named:
+            if sse.event in self._members:
+                member = self._members[sse.event]
+            else:
+                member = self._members[sse.event] = self._member(sse.event)
+            if member is not None and member[1].fits(payload):
+                try:
+                    events.add(event=sse.event, **{member[0]: payload})
+                    return
+                except Exception:  # the codec decides, and names the misfit
+                    pass
+        elif self.shape.fits(payload):
+            try:
+                events.add(**payload)
+                return
+            except Exception:  # the codec decides, and names the misfit
+                pass
+        events.append(self.convert(sse, payload))
+
+    def _member(self, event: str) -> tuple[str, _Shape] | None:
+        member = _member_for(event)
+        target = codec.descriptor_of(self.event_cls()).fields_by_name.get(member)
+        if target is None or target.is_repeated or target.type != _FD.TYPE_MESSAGE:
+            return None
+        if member not in self.shape.names:
+            return None  # a member the constructor does not fill like the codec (a JSON-valued one)
+        return member, shape_for(codec.message_type(target))
 
     def convert(self, sse: SSEEvent, payload: Any) -> Message:
+        """The reference conversion, through the codec."""
         msg = self.event_cls()
         if self.named:
             # Assistants: the SSE event name says which object the data is.
@@ -227,6 +398,7 @@ async def relay_events(
             stream, reservation = await gw.policy.execute(call.op, attempt)
             opened = stream  # closed in `finally`
             gw.telemetry.first_chunk(call)
+            streamed = gw.telemetry.stream_counter(call)
             trailing = forwarded_metadata(stream.response.headers)
             gw.observe(call, trailing)
             context.set_trailing_metadata(trailing)
@@ -236,25 +408,28 @@ async def relay_events(
             batch: list[SSEEvent] = stream.first
             decoder = stream.decoder
             assert decoder is not None
+            read, loads, out_cls, coalesce = stream.read, jsonlib.loads, route.output_cls, gw.coalesce_events
             while True:
-                out: list[Message] = []
+                # Events are built in place in the message that carries them (no copies).
+                msg = out_cls()
+                events: Any = msg.events  # type: ignore[attr-defined]
                 for sse in batch:
                     if sse.data == DONE:
                         finished = True
                         continue
                     try:
-                        payload = jsonlib.loads(sse.data)
+                        payload = loads(sse.data)
                     except jsonlib.JSONDecodeError:
-                        if out:  # events that arrived before the broken one still reach the caller
-                            yield route.output_cls(events=out)
+                        if events:  # events that arrived before the broken one still reach the caller
+                            yield msg
                             sent += 1
                         raise DeserializationError(
                             f"OpenAI sent an event that is not JSON after {sent} messages",
                             metadata={"messagesDelivered": str(sent)},
                         ) from None
                     if _is_error(sse, payload):
-                        if out:  # events that arrived before the error still reach the caller
-                            yield route.output_cls(events=out)
+                        if events:  # events that arrived before the error still reach the caller
+                            yield msg
                             sent += 1
                         raise classify_stream_error(payload)
                     found = usage_of(payload)
@@ -266,37 +441,38 @@ async def relay_events(
                     if sse.event in terminal or etype in terminal:
                         finished = True
                     try:
-                        out.append(converter.convert(sse, payload))
+                        converter.add(events, sse, payload)
                     except codec.CodecError as exc:
-                        if out:
-                            yield route.output_cls(events=out)
+                        if events:
+                            yield msg
                             sent += 1
                         raise DeserializationError(
                             f"OpenAI sent an event that does not fit {route.output_desc.name}: {exc}, "
                             f"after {sent} messages",
                             metadata={"messagesDelivered": str(sent)},
                         ) from exc
-                if out:
-                    if gw.coalesce_events:
-                        yield route.output_cls(events=out)
+                if events:
+                    if coalesce:
+                        yield msg
                         sent += 1
                     else:
-                        for event in out:
-                            yield route.output_cls(events=[event])
+                        for event in events:
+                            yield out_cls(events=[event])
                             sent += 1
-                    gw.telemetry.streamed(call, len(out))
+                    streamed(len(events))
                 if decoder.overflow:
                     raise event_too_large(gw.max_event_bytes, sent)
                 try:
-                    chunk = await anext(stream.chunks)
-                except StopAsyncIteration:
-                    break
-                except (httpx.HTTPError, ConnectionError) as exc:
-                    err = classify_exception(exc)
+                    chunk = await read()
+                except (httpx.HTTPError, ConnectionError, aiohttp.ClientError) as exc:
+                    # Read straight from aiohttp: classified as httpx-aiohttp would have raised it.
+                    err = classify_exception(as_httpx_error(exc))
                     raise StreamInterrupted(
                         f"the upstream stream broke after {sent} messages: {err.message}",
                         metadata={"messagesDelivered": str(sent)},
                     ) from exc
+                if not chunk:
+                    break
                 batch = decoder.feed(chunk)
             batch = decoder.close()
             if any(e.data == DONE for e in batch):
@@ -382,14 +558,15 @@ async def relay_binary(
                 if download.done:
                     break
                 try:
-                    pending = [await anext(download.chunks)]
-                except StopAsyncIteration:
-                    break
+                    data = await download.read()
                 except (httpx.HTTPError, ConnectionError) as exc:
                     raise StreamInterrupted(
                         f"the download broke after {sent} chunks: {classify_exception(exc).message}",
                         metadata={"messagesDelivered": str(sent)},
                     ) from exc
+                if not data:
+                    break
+                pending = [data]
             gw.telemetry.request_done(route, call)
         finally:
             if opened is not None:

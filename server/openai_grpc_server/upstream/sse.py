@@ -61,11 +61,37 @@ class SSEDecoder:
         if self.overflow or not chunk:
             return events
         self.seen_bytes += len(chunk)
+        if self._buf or self._data or self._event or self._retry is not None or b"\r" in chunk:
+            self._feed(chunk, events)
+            return events
+        if not self._started:
+            if chunk[0] == _BOM[0]:
+                self._feed(chunk, events)  # maybe a byte order mark
+                return events
+            self._started = True
+        # Fast path: nothing pending, LF line ends. What OpenAI sends is `data: {...}` LF LF, one
+        # event per line pair; those are cut out whole (one split, one decode each) instead of
+        # line by line. The first piece that is anything else goes, with the rest, the long way.
+        limit = self.max_event_bytes
+        parts = chunk.split(b"\n\n")
+        tail = parts.pop()  # after the last blank line: an event still arriving, or b""
+        for i, part in enumerate(parts):
+            if part.startswith(b"data: ") and b"\n" not in part and (limit is None or len(part) <= limit):
+                events.append(SSEEvent(part[6:].decode("utf-8", errors="replace"), "", self._id))
+                continue
+            self._feed(b"\n\n".join(parts[i:]) + b"\n\n" + tail, events)
+            return events
+        if tail:
+            self._feed(tail, events)
+        return events
+
+    def _feed(self, chunk: bytes, events: list[SSEEvent]) -> None:
+        """The general decoder: any line ends, fields, comments, split lines and characters."""
         buf = self._buf
         buf += chunk
         if not self._started:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):
-                return events
+                return
             self._started = True
             if buf.startswith(_BOM):
                 del buf[: len(_BOM)]
@@ -90,7 +116,7 @@ class SSEDecoder:
             self._line(buf, start, eol, events)
             if limit is not None and self._event_size > limit:
                 self._overflow()
-                return events
+                return
             start = pos = nxt
         if start:
             del buf[:start]
@@ -98,7 +124,6 @@ class SSEDecoder:
         self._scanned = pos
         if limit is not None and self._event_size + len(buf) > limit:
             self._overflow()
-        return events
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a held CR still ends its line; an unterminated event is dropped."""

@@ -30,7 +30,7 @@ READ_WHOLE = "openai_grpc.read_whole"
 _HTTP11 = {"http_version": b"HTTP/1.1"}
 
 
-def _as_httpx(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+def as_httpx_error(exc: BaseException, request: httpx.Request | None = None) -> httpx.TransportError:
     """The httpx exception for an aiohttp (or socket) failure, most specific first."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -71,7 +71,7 @@ class AiohttpStream(httpx.AsyncByteStream):
             async for chunk in self.response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _as_httpx(exc, self._request) from exc
+            raise as_httpx_error(exc, self._request) from exc
 
     async def aclose(self) -> None:
         # A body read to its end gives the connection back to the pool; one abandoned midway
@@ -138,7 +138,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 **self._proxy,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _as_httpx(exc, request) from exc
+            raise as_httpx_error(exc, request) from exc
         whole = ext.get(READ_WHOLE)
         length = response.content_length
         if whole is not None and length is not None and length <= whole:
@@ -146,7 +146,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 body = await response.read()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 response.close()
-                raise _as_httpx(exc, request) from exc
+                raise as_httpx_error(exc, request) from exc
             response.release()
             return httpx.Response(
                 response.status,
