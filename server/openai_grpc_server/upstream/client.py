@@ -99,7 +99,9 @@ def forwarded_metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     for k, v in items:
         key = k.lower()
         if key in _FORWARDED or key.startswith(FORWARDED_PREFIXES):
-            out.append((key, redact(v)))  # an upstream echoing a key in a header must not leak it
+            # An upstream echoing a key in a header must not leak it; a plain number (most of
+            # these headers) cannot hold one and skips the two pattern scans.
+            out.append((key, v if v.isdigit() else redact(v)))
     return out
 
 
@@ -134,7 +136,8 @@ class UpstreamClient:
         # One host: the transport (and proxy) httpx picks for it is the same for every call.
         self._transport = self._client._transport_for_url(httpx.URL(base + "/"))
         self._urls: dict[str, httpx.URL] = {}
-        self._cred_headers: dict[Credential, dict[str, str]] = {}
+        # By identity: hashing the frozen Credential would hash every field (the key too) per call.
+        self._cred_headers: dict[int, tuple[Credential, dict[str, str]]] = {}
         self._default_timeout = self._timeout(None)
 
     def _timeout(self, remaining: float | None) -> dict[str, float]:
@@ -162,8 +165,10 @@ class UpstreamClient:
     def _headers(
         self, cred: Credential, beta: str | None, content_type: str | None, accept: str
     ) -> dict[str, str]:
-        base = self._cred_headers.get(cred)
-        if base is None:  # once per credential (a reload brings new ones; old ones age out)
+        known = self._cred_headers.get(id(cred))
+        if known is not None and known[0] is cred:
+            base = known[1]
+        else:  # once per credential (a reload brings new ones; old ones age out)
             if len(self._cred_headers) >= _CREDENTIAL_CACHE:
                 self._cred_headers.clear()
             base = {"authorization": f"Bearer {cred.api_key.reveal()}", **_CLIENT_HEADERS}
@@ -171,7 +176,7 @@ class UpstreamClient:
                 base["openai-organization"] = cred.organization
             if cred.project:
                 base["openai-project"] = cred.project
-            self._cred_headers[cred] = base
+            self._cred_headers[id(cred)] = (cred, base)
         headers = {**base, "accept": accept}
         if beta:
             headers["openai-beta"] = beta
