@@ -1,0 +1,31 @@
+// Command benchdriver is the benchmark's driving side (bench/README.md): a load generator that
+// speaks bench.run's protocol, and a fake upstream that writes precomputed bytes.
+//
+//	benchdriver load '<json spec>'
+//	benchdriver fake --port N --fixtures FILE [--chunks N] [--gap-ms G] [--ratelimit-headers]
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchdriver load '<json spec>' | benchdriver fake [flags]")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "load":
+		if len(os.Args) != 3 {
+			fmt.Fprintln(os.Stderr, "usage: benchdriver load '<json spec>'")
+			os.Exit(2)
+		}
+		os.Exit(runLoad(os.Args[2]))
+	case "fake":
+		os.Exit(runFake(os.Args[2:]))
+	default:
+		fmt.Fprintf(os.Stderr, "benchdriver: unknown command %q\n", os.Args[1])
+		os.Exit(2)
+	}
+}
