@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,10 @@ VOLATILE = {"date", "server", "openai-processing-ms", "x-request-id", "transfer-
 def _wait(url: str) -> None:
     for _ in range(300):
         try:
-            urllib.request.urlopen(url, timeout=1).read()
+            with urllib.request.urlopen(url, timeout=1) as r:
+                r.read()
             return
         except OSError:
-            import time
-
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer")
 
@@ -124,22 +124,23 @@ def test_go_load_generator_speaks_the_protocol(fakes: tuple[str, str]) -> None:
         "warmup": 0.1,
         "duration": 0.3,
     }
-    proc = subprocess.Popen(
+    marks: list[str] = []
+    result = None
+    with subprocess.Popen(
         [str(driver.BIN), "load", json.dumps(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    marks, result = [], None
-    for line in proc.stdout:
-        if line.startswith("@MARK "):
-            marks.append(line[6:].strip())
-            proc.stdin.write("ok\n")
-            proc.stdin.flush()
-        elif line.startswith("@RESULT "):
-            result = json.loads(line[8:])
-    assert proc.wait(30) == 0
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("@MARK "):
+                marks.append(line[6:].strip())
+                proc.stdin.write("ok\n")
+                proc.stdin.flush()
+            elif line.startswith("@RESULT "):
+                result = json.loads(line[8:])
+        assert proc.wait(30) == 0
     assert marks == ["START", "END"]
     assert result is not None and result["errors"] == 0 and result["ok"] > 0
     assert result["events_per_stream"] == {"8": result["ok"]}  # role + 6 chunks + stop
