@@ -748,12 +748,18 @@ func (g *gen) rateMode() map[string]any {
 	best := 0.0
 	var bestStep map[string]any
 	rate := s.RateStart
-	stopReason := "rate_max reached"
-	for i := 0; i < s.RateMaxSteps && rate <= s.RateMax; i++ {
+	stopReason := fmt.Sprintf("no failing step within %d steps: the maximum is higher", s.RateMaxSteps)
+	failed := false
+	for i := 0; i < s.RateMaxSteps; i++ {
+		if rate > s.RateMax {
+			stopReason = fmt.Sprintf("rate_max %.0f reached: the maximum is higher", s.RateMax)
+			break
+		}
 		step := g.rateStep(f, rate)
 		steps = append(steps, step)
 		if !step["pass"].(bool) {
 			stopReason = fmt.Sprint(step["why"])
+			failed = true
 			break
 		}
 		best, bestStep = rate, step
@@ -762,6 +768,7 @@ func (g *gen) rateMode() map[string]any {
 	g.mark("END")
 	return map[string]any{
 		"max_rps": round(best, 1), "best_step": bestStep, "steps": steps, "stop": stopReason,
+		"lower_bound": !failed,
 		"rule": fmt.Sprintf("open loop, %.1f s per step, x%.2f per step; pass: p99 < %.0f ms, errors < %.2f %%, "+
 			"offered >= 95 %% of the rate", s.RateStepS, s.RateFactor, s.RateP99Ms, s.RateMaxErrPct),
 		"warmup_errors": warm.errsOut, "ok": 0, "errors": 0,

@@ -65,7 +65,9 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
         py.stop()
 
 
-def _post(root: str, path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict[str, str], bytes]:
+def _post(
+    root: str, path: str, body: bytes, ctype: str = "application/json"
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(root + path, data=body, headers={"content-type": ctype}, method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
@@ -81,7 +83,12 @@ REQUESTS = {
         "stream_options": {"include_usage": True},
     },
     "embeddings": {"model": EMBED, "input": ["a", "b", "c"], "dimensions": 8},
-    "embeddings_b64": {"model": EMBED, "input": ["a", "b", "c"], "dimensions": 8, "encoding_format": "base64"},
+    "embeddings_b64": {
+        "model": EMBED,
+        "input": ["a", "b", "c"],
+        "dimensions": 8,
+        "encoding_format": "base64",
+    },
 }
 
 
@@ -102,10 +109,14 @@ def test_go_fake_answers_the_python_fakes_bytes(fakes: tuple[str, str], name: st
 def test_go_fake_counts_uploads_like_the_python_fake(fakes: tuple[str, str]) -> None:
     boundary = "b0und"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.bin"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + b"z" * 100_000 + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"z" * 100_000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     ctype = f"multipart/form-data; boundary={boundary}"
     answers = [json.loads(_post(root, "/v1/files", body, ctype)[2]) for root in fakes]
     for a in answers:
