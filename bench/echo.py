@@ -28,7 +28,7 @@ import grpc
 SERVICE = "openai_grpc.v1.ChatService"
 
 
-def handler(unary: bytes, stream: list[bytes]) -> grpc.GenericRpcHandler:
+def handler(unary: bytes, stream: list[bytes]) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     async def create(request: bytes, context: Any) -> bytes:
         return unary
 

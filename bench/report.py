@@ -165,10 +165,10 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     specs = {t["key"]: t for t in TARGETS}
     workers = dig(result, "gateway", "workers") or 1
 
-    def gw(key: str, *f: str) -> Any:
+    def gw(key: str, *f: str | int) -> Any:
         return dig(s, key, "paths", "gateway", *f)
 
-    def direct(key: str, *f: str) -> Any:
+    def direct(key: str, *f: str | int) -> Any:
         return dig(s, key, "paths", "direct", *f)
 
     out = []

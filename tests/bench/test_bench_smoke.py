@@ -1,8 +1,9 @@
 """Smoke test of the benchmark harness (bench/): a quick run into a temp dir.
 
 No timing is asserted (benchmarks never gate CI on absolute numbers): only that one command
-starts the processes, runs every scenario on every path it has, and writes the JSON, the
-markdown report and the plots. LiteLLM is left out to stay well under a minute.
+builds the Go driver, starts the processes, runs every scenario on every path it has (the echo
+floor, the open-loop maximum and the --workers 2 comparison included), and writes the JSON, the
+markdown report and the plots. LiteLLM is left out to stay around a minute.
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ SCENARIOS = (
     "rss_per_stream",
     "upload_256mib",
     "cancellations_1000",
+)
+# Scenarios shaped differently: the echo floor (loads on one server), the open-loop maximum
+# (every path) and --workers 2 against 1 (two gateway points).
+NEW_SCENARIOS = ("echo_floor", "max_rps", "workers_scaling")
+TARGETS = (
+    "echo_ratio",
+    "added_latency",
+    "cadence_streams",
+    "cpu_per_event",
+    "vs_litellm",
+    "workers_2",
+    "rss_per_stream",
+    "cancellations",
 )
 PATHS = ("gateway", "direct", "litellm")
 LEVERS = (
@@ -54,7 +68,7 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
     assert len(files) == 1, files
     data = json.loads(files[0].read_text())
     assert data["quick"] is True
-    for key in ("machine", "versions", "pinning", "plan", "targets", "notes"):
+    for key in ("machine", "versions", "pinning", "plan", "targets", "notes", "harness"):
         assert key in data
     assert data["machine"]["nproc"] >= 1 and "cpu_model" in data["machine"]
     assert set(SCENARIOS) <= set(data["scenarios"])
@@ -67,7 +81,27 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
     for key in ("unary_c1", "unary_c64", "stream64_c64"):
         gw = data["scenarios"][key]["paths"]["gateway"]
         assert gw["loadgen"]["ok"] > 0, (key, gw["loadgen"])
+        assert gw["loadgen"]["loop"] == "go", gw["loadgen"]  # the Go load generator drove it
         assert gw["processes"]["middle"]["cpu_s"] >= 0
+    # The Go driving side and its ceiling (the direct path's figures), printed beside the gateway's.
+    harness = data["harness"]
+    assert harness["driver"] == "go" and "Go" in harness["fake_upstream"]
+    assert harness["ceiling"]["unary_rps_c64"] > 0 and harness["ceiling"]["stream_events_per_s_c64"] > 0
+    scen = data["scenarios"]
+    assert set(NEW_SCENARIOS) <= set(scen)
+    for load in ("unary_c1", "unary_c64", "stream64_c64"):
+        echo = scen["echo_floor"]["loads"][load]
+        assert echo["loadgen"]["ok"] > 0 and echo["loadgen"]["errors"] == 0, (load, echo["loadgen"])
+    assert scen["echo_floor"]["loads"]["unary_c64"]["derived"]["middle_cpu_us_per_req"] > 0
+    for path in ("gateway", "direct"):
+        lg = scen["max_rps"]["paths"][path]["loadgen"]
+        assert lg["steps"] and "max_rps" in lg and lg["stop"], (path, lg)
+    assert "skipped" in scen["max_rps"]["paths"]["litellm"]
+    workers = scen["workers_scaling"]
+    if "skipped" not in workers:
+        for key in ("workers_1", "workers_2"):
+            assert workers["points"][key]["loadgen"]["ok"] > 0, (key, workers["points"][key])
+        assert workers["ratio"] > 0
     # Levers: every setting measured both ways (tiny loads), with a figure, a ratio and a verdict.
     items = data["levers"]["items"]
     assert set(LEVERS) <= set(items), sorted(items)
@@ -92,13 +126,18 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
     assert emb["chosen"]["upstream_encoding_format"] == "base64", emb
     assert emb["alternative"]["upstream_encoding_format"] != "base64", emb
 
-    names = [t["name"] for t in data["targets"]]
-    assert len(names) == 7
-    assert all(t["verdict"] in ("met", "missed", "n/a") for t in data["targets"])
+    assert [t["key"] for t in data["targets"]] == list(TARGETS)
+    for t in data["targets"]:
+        assert t["verdict"] in ("met", "missed", "n/a"), t
+        assert "moonshot_met" in t and "ceiling" in t, t
+    by_key = {t["key"]: t for t in data["targets"]}
+    for key in ("echo_ratio", "added_latency", "cpu_per_event", "cadence_streams", "rss_per_stream"):
+        assert by_key[key]["verdict"] != "n/a", by_key[key]
 
     text = md.read_text()
     assert "## Targets" in text and "## Primary figures" in text and "## Levers" in text
-    for key in (*SCENARIOS, *LEVERS):
+    assert "GetBusbar-comparable" in text and "harness ceiling" in text and "moonshot" in text
+    for key in (*SCENARIOS, *NEW_SCENARIOS, *LEVERS):
         assert key in text, key
     for plot in data["plots"].values():
         assert Path(plot).is_file(), plot
