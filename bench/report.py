@@ -1689,9 +1689,10 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
     add("")
     add(
         "Three paths carry the same load side by side, in the same run: **gateway** (load generator → gRPC → "
-        "gateway → HTTP → fake upstream), **direct** (load generator → HTTP → fake upstream, aiohttp client) "
+        "gateway → HTTP → fake upstream), **direct** (load generator → HTTP → fake upstream: the floor, and "
+        "the harness's ceiling) "
         'and **LiteLLM** (load generator → HTTP → LiteLLM proxy → fake upstream). "Middle" is the process '
-        "under test (gateway or LiteLLM); CPU is utime+stime from /proc over the measured window."
+        "under test (gateway, echo floor or LiteLLM); CPU is utime+stime from /proc over the measured window."
     )
     add("")
     out.extend(harness_lines(result))
@@ -1818,9 +1819,10 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
         add(f"| **{path}** | **max stall-free: {pr['max_stall_free']}** | | | | | | | | |")
     add("")
     add(
-        "On two cores the load generator (gRPC client, ~1 core at 25k messages/s) and the fake share CPU 0; "
+        "On two cores the load generator and the fake share CPU 0; "
         "when the *loadgen* or *upstream* column saturates, a failing step says more about the machine "
-        "than about the path under test."
+        "than about the path under test. The direct rows are the harness's own ceiling: a gateway step that "
+        "fails where the direct path also fails is not the gateway's verdict."
     )
     add("")
     # rss
@@ -1925,19 +1927,35 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
         out.extend(_profile_section(result.get(key) or {}, title))
     add("## How it was measured")
     add("")
-    add(
-        "* Separate processes on 127.0.0.1: the fake upstream "
-        "(`python -m openai_grpc_server.fake_upstream`), the gateway (`python -m openai_grpc_server`), "
-        "LiteLLM's proxy (`litellm --config ...`, `LITELLM_LOCAL_MODEL_COST_MAP=True`, a master key, models "
-        "routed to the fake's base URL) and one load generator process per point "
-        "(`python -m bench.loadgen`, uvloop; grpc.aio with the generated stubs on one channel, or one "
-        "aiohttp session)."
-    )
+    h = result.get("harness") or {}
+    if h.get("driver", "python") == "go":
+        add(
+            "* Separate processes on 127.0.0.1: the fake upstream (`benchdriver fake`, Go, answering with "
+            "bytes rendered by the Python fake's own code), the gateway (`python -m openai_grpc_server`), "
+            "the echo floor (`python -m bench.echo`), LiteLLM's proxy (`litellm --config ...`, "
+            "`LITELLM_LOCAL_MODEL_COST_MAP=True`, a master key, models routed to the fake's base URL) and "
+            "one load generator process per point (`benchdriver load`, Go: grpc-go with the generated stubs on "
+            "one channel, or net/http with a pool sized to the concurrency; the upload point uses "
+            "`python -m bench.loadgen`)."
+        )
+    else:
+        add(
+            "* Separate processes on 127.0.0.1: the fake upstream "
+            "(`python -m openai_grpc_server.fake_upstream`), the gateway (`python -m openai_grpc_server`), "
+            "LiteLLM's proxy (`litellm --config ...`, `LITELLM_LOCAL_MODEL_COST_MAP=True`, a master key, "
+            "models routed to the fake's base URL) and one load generator process per point "
+            "(`python -m bench.loadgen`, uvloop; grpc.aio with the generated stubs on one channel, or one "
+            "aiohttp session)."
+        )
     add(
         "* Closed loop: N workers each send the next request when the previous one ends. After the warm-up "
         "the generator marks START and END; only requests that start and end inside the window are "
         "counted, and only stream messages received inside it. Stream gaps are measured between "
         "consecutive messages."
+    )
+    add(
+        "* Open loop (`max_rps`): request i of a step is due at the step's start + i / rate and its latency "
+        "counts from then, so a queue building up shows in p99 (no coordinated omission)."
     )
     add(
         "* The orchestrator reads utime+stime (/proc/<pid>/stat) of each process tree at START and END; "
