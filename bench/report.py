@@ -1934,8 +1934,8 @@ def markdown(result: dict[str, Any], md_path: Path, json_path: Path, plots: dict
             "bytes rendered by the Python fake's own code), the gateway (`python -m openai_grpc_server`), "
             "the echo floor (`python -m bench.echo`), LiteLLM's proxy (`litellm --config ...`, "
             "`LITELLM_LOCAL_MODEL_COST_MAP=True`, a master key, models routed to the fake's base URL) and "
-            "one load generator process per point (`benchdriver load`, Go: grpc-go with the generated stubs on "
-            "one channel, or net/http with a pool sized to the concurrency; the upload point uses "
+            "one load generator process per point (`benchdriver load`, Go: grpc-go with the generated stubs "
+            "on one channel, or net/http with a pool sized to the concurrency; the upload point uses "
             "`python -m bench.loadgen`)."
         )
     else:
