@@ -594,6 +594,11 @@ class Bench:
             finally:
                 if sampler is not None:
                     sampler.cancel()
+                if lg.returncode is None:  # failure or Ctrl-C: never leave a load generator behind
+                    with contextlib.suppress(ProcessLookupError):
+                        lg.kill()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(lg.wait()), 5)
         if result is None:
             tail = log_path.read_text(errors="replace")[-800:]
             return {"failed": f"load generator gave no result (exit {lg.returncode}): {tail}"}

@@ -256,7 +256,11 @@ type gen struct {
 
 func (g *gen) mark(name string) {
 	fmt.Fprintf(os.Stdout, "@MARK %s\n", name)
-	_, _ = g.stdin.ReadString('\n')
+	if _, err := g.stdin.ReadString('\n'); err != nil {
+		// The orchestrator is gone: nobody reads the result, so do not keep loading the target.
+		fmt.Fprintln(os.Stderr, "benchdriver load: stdin closed at mark", name)
+		os.Exit(3)
+	}
 }
 
 func (g *gen) setup() error {
