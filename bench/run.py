@@ -1066,8 +1066,10 @@ class Bench:
             "paths": {},
         }
         for path in PATHS:
-            if path not in self.paths:
-                scen["paths"][path] = self.skipped(path)
+            if path not in self.paths or self.go_bin is None:
+                scen["paths"][path] = (
+                    self.skipped(path) if path not in self.paths else {"skipped": "needs the Go driver"}
+                )
                 continue
             closed = dig_rps(s, path) or 50.0
             r = await self.point(
@@ -1358,7 +1360,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.md_path.write_text(report.markdown(result, bench.md_path, bench.json_path, plots))
     print(f"[bench] wrote {bench.json_path} and {bench.md_path} in {result['elapsed_s']} s", flush=True)
     for t in result["targets"]:
-        print(f"[bench] {t['verdict']:<7} {t['name']}: {t['measured_text']} (target {t['target_text']})")
+        moon = {True: "; moonshot met", False: "; moonshot not met"}.get(t.get("moonshot_met"), "")
+        ceiling = f"; harness ceiling: {t['ceiling']}" if t.get("ceiling") else ""
+        print(
+            f"[bench] {t['verdict']:<7} {t['name']}: {t['measured_text']} (target {t['target_text']}{moon})"
+            f"{ceiling}"
+        )
     return 0
 
 
