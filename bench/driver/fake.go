@@ -241,6 +241,9 @@ func (f *fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fake) fail(w http.ResponseWriter, rid string, started time.Time, status int, msg string) {
+	if status >= 500 { // a request the fixtures do not cover: the log shows which
+		fmt.Fprintln(os.Stderr, "benchdriver fake:", rid, msg)
+	}
 	f.headers(w, rid, started, "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(openaiError(msg))
