@@ -1062,6 +1062,7 @@ class Bench:
                 "step_s": p.rate_step_s,
                 "p99_ms": 1000.0,
                 "max_error_pct": 0.1,
+                "connections": f"HTTP: a pool of {p.c_high} connections opened in the warm-up; gRPC: one channel",
             },
             "paths": {},
         }
@@ -1076,6 +1077,7 @@ class Bench:
                 path,
                 "max_rps",
                 "rate",
+                concurrency=p.c_high,  # HTTP: the connection pool; gRPC: warm-up workers (one channel)
                 warmup=p.rate_warmup,
                 rate_start=max(5.0, round(closed * p.rate_start_share, 1)),
                 rate_factor=p.rate_factor,
