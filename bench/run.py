@@ -1062,7 +1062,8 @@ class Bench:
                 "step_s": p.rate_step_s,
                 "p99_ms": 1000.0,
                 "max_error_pct": 0.1,
-                "connections": f"HTTP: a pool of {p.c_high} connections opened in the warm-up; gRPC: one channel",
+                "connections": f"HTTP: a pool of {p.c_high} connections opened in the warm-up; "
+                "gRPC: one channel",
             },
             "paths": {},
         }
