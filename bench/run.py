@@ -1106,9 +1106,22 @@ class Bench:
             return {"skipped": "the gateway has no --workers flag", **scen}
         if self.go_bin is None:
             scen["params"]["note"] += "; Python driver: the driving side may be the limit"
-        scen["points"]["workers_1"] = await self.point(
-            "gateway", "workers-1", "unary", concurrency=p.c_high, warmup=p.warmup, duration=p.duration
-        )
+        one = "gateway"
+        if self.gateway_workers != 1:  # the main gateway runs N workers: start a 1-worker one
+            one = "gateway_w1"
+            await self.launch_gateway(one, {}, "gateway-w1.log", workers=1)
+            if p.workers_warmup > 0:
+                await self.point(
+                    one, "workers-1-warm-up", "unary", concurrency=p.c_high,
+                    warmup=p.workers_warmup, duration=0.2,
+                )  # fmt: skip
+        try:
+            scen["points"]["workers_1"] = await self.point(
+                one, "workers-1", "unary", concurrency=p.c_high, warmup=p.warmup, duration=p.duration
+            )
+        finally:
+            if one != "gateway":
+                self.stop_middle(one)
         try:
             await self.launch_gateway("gateway_w2", {}, "gateway-w2.log", workers=2)
         except RuntimeError as exc:
