@@ -1488,7 +1488,12 @@ def harness_lines(result: dict[str, Any]) -> list[str]:
     h = result.get("harness") or {}
     c = h.get("ceiling") or {}
     if not h:
-        return []
+        return [
+            "**Harness:** the Python driving side (`bench.loadgen`, the Python fake upstream); this run "
+            "predates the Go driver and the harness-ceiling record: the direct path's figures below are "
+            "its ceiling.",
+            "",
+        ]
     side = c.get("unary_c64_side_cpu_pct") or {}
     return [
         f"**Harness:** load generator {h.get('load_generator')}, fake upstream {h.get('fake_upstream')}"
