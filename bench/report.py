@@ -1640,7 +1640,8 @@ def workers_section(result: dict[str, Any]) -> list[str]:
     if not ws.get("points"):
         return [*out, f"Not measured: {ws.get('skipped', 'not run')}.", ""]
     out += [
-        f"{dig(ws, 'params', 'load')}; {dig(ws, 'params', 'note')}.",
+        f"{dig(ws, 'params', 'load')}; {dig(ws, 'params', 'channels') or 'one gRPC channel'}; "
+        f"{dig(ws, 'params', 'note')}.",
         "",
         "| workers | req/s | p50 / p99 ms | gateway CPU % (per process) | fake % | load generator % "
         "| other processes % | harness ceiling (direct) |",

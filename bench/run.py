@@ -1097,6 +1097,8 @@ class Bench:
         scen: dict[str, Any] = {
             "params": {
                 "load": f"unary chat, closed loop, c={p.c_high}",
+                "channels": f"{p.c_high} gRPC channels (connections), calls round-robin over them, for "
+                "both points: SO_REUSEPORT spreads connections, not calls, over the workers",
                 "note": "the 2-worker gateway is unpinned (its workers need both cores); the load "
                 "generator and the fake stay on CPU 0 when pinning, so they compete with one worker",
             },
@@ -1113,11 +1115,17 @@ class Bench:
             if p.workers_warmup > 0:
                 await self.point(
                     one, "workers-1-warm-up", "unary", concurrency=p.c_high,
-                    warmup=p.workers_warmup, duration=0.2,
+                    channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
                 )  # fmt: skip
         try:
             scen["points"]["workers_1"] = await self.point(
-                one, "workers-1", "unary", concurrency=p.c_high, warmup=p.warmup, duration=p.duration
+                one,
+                "workers-1",
+                "unary",
+                concurrency=p.c_high,
+                channels=p.c_high,
+                warmup=p.warmup,
+                duration=p.duration,
             )
         finally:
             if one != "gateway":
@@ -1131,10 +1139,16 @@ class Bench:
             if p.workers_warmup > 0:
                 await self.point(
                     "gateway_w2", "workers-2-warm-up", "unary", concurrency=p.c_high,
-                    warmup=p.workers_warmup, duration=0.2,
+                    channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
                 )  # fmt: skip
             scen["points"]["workers_2"] = await self.point(
-                "gateway_w2", "workers-2", "unary", concurrency=p.c_high, warmup=p.warmup, duration=p.duration
+                "gateway_w2",
+                "workers-2",
+                "unary",
+                concurrency=p.c_high,
+                channels=p.c_high,
+                warmup=p.warmup,
+                duration=p.duration,
             )
         finally:
             self.stop_middle("gateway_w2")

@@ -48,6 +48,9 @@ type Spec struct {
 	Timeout        float64 `json:"timeout"`
 	Settle         float64 `json:"settle"`
 	Seed           int64   `json:"seed"`
+	// gRPC: calls spread round-robin over this many channels (connections); 1 = one channel,
+	// as bench.loadgen. More let SO_REUSEPORT spread a --workers N gateway's load.
+	Channels int `json:"channels"`
 	// rate mode (open loop): offered rate stepped up geometrically until a step fails.
 	RateStart     float64 `json:"rate_start"`
 	RateFactor    float64 `json:"rate_factor"`
@@ -70,7 +73,7 @@ func defaultSpec() Spec {
 		EmbedInputs: 16, EmbedDims: 1536, Concurrency: 1, Warmup: 2, Duration: 8,
 		GapThresholdMs: 40, Timeout: 120, Settle: 1, Seed: 1,
 		RateFactor: 1.2, RateMax: 1e6, RateStepS: 4, RateMaxSteps: 40, RateP99Ms: 1000,
-		RateMaxErrPct: 0.1, RateOp: "unary", MaxInflight: 20000,
+		RateMaxErrPct: 0.1, RateOp: "unary", MaxInflight: 20000, Channels: 1,
 	}
 }
 
@@ -238,9 +241,11 @@ func topKinds(m map[string]int, n int) map[string]int {
 type gen struct {
 	s       Spec
 	stdin   *bufio.Reader
-	conn    *grpc.ClientConn
-	chat    pb.ChatServiceClient
-	emb     pb.EmbeddingsServiceClient
+	conn    *grpc.ClientConn // the first channel; nil for HTTP
+	conns   []*grpc.ClientConn
+	chats   []pb.ChatServiceClient
+	embs    []pb.EmbeddingsServiceClient
+	rr      atomic.Uint64
 	chatReq *pb.CreateChatCompletionRequest
 	strReq  *pb.StreamChatCompletionRequest
 	embReq  *pb.CreateEmbeddingRequest
@@ -270,17 +275,22 @@ func (g *gen) setup() error {
 		texts = append(texts, fmt.Sprintf("benchmark input %d: the quick brown fox jumps over the lazy dog", i))
 	}
 	if s.Transport == "grpc" {
-		conn, err := grpc.NewClient(s.Target,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)),
-			grpc.WithInitialWindowSize(1<<24), grpc.WithInitialConnWindowSize(1<<26),
-		)
-		if err != nil {
-			return err
+		for i := 0; i < max(1, s.Channels); i++ {
+			conn, err := grpc.NewClient(s.Target,
+				grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)),
+				grpc.WithInitialWindowSize(1<<24), grpc.WithInitialConnWindowSize(1<<26),
+				// Each ClientConn has its own connection; the user agent tells them apart in logs.
+				grpc.WithUserAgent(fmt.Sprintf("benchdriver/%d", i)),
+			)
+			if err != nil {
+				return err
+			}
+			g.conns = append(g.conns, conn)
+			g.chats = append(g.chats, pb.NewChatServiceClient(conn))
+			g.embs = append(g.embs, pb.NewEmbeddingsServiceClient(conn))
 		}
-		g.conn = conn
-		g.chat = pb.NewChatServiceClient(conn)
-		g.emb = pb.NewEmbeddingsServiceClient(conn)
+		g.conn = g.conns[0]
 		msgs := []*pb.ChatCompletionRequestMessage{{Role: "user", Content: &pb.ChatCompletionRequestMessage_ContentText{ContentText: "hi"}}}
 		g.chatReq = &pb.CreateChatCompletionRequest{Model: s.Model, Messages: msgs}
 		g.strReq = &pb.StreamChatCompletionRequest{Model: s.Model, Messages: msgs}
@@ -291,10 +301,12 @@ func (g *gen) setup() error {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		conn.Connect()
-		for st := conn.GetState(); st.String() != "READY"; st = conn.GetState() {
-			if !conn.WaitForStateChange(ctx, st) {
-				return fmt.Errorf("gRPC channel to %s not ready: %v", s.Target, st)
+		for _, conn := range g.conns {
+			conn.Connect()
+			for st := conn.GetState(); st.String() != "READY"; st = conn.GetState() {
+				if !conn.WaitForStateChange(ctx, st) {
+					return fmt.Errorf("gRPC channel to %s not ready: %v", s.Target, st)
+				}
 			}
 		}
 		return nil
@@ -346,13 +358,16 @@ func (g *gen) post(ctx context.Context, url string, body []byte) (*http.Response
 	return resp, nil
 }
 
+// pick: the next channel, round-robin.
+func (g *gen) pick() int { return int(g.rr.Add(1) % uint64(len(g.conns))) }
+
 func (g *gen) timeout() time.Duration { return time.Duration(g.s.Timeout * float64(time.Second)) }
 
 func (g *gen) unary(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout())
 	defer cancel()
 	if g.conn != nil {
-		resp, err := g.chat.CreateChatCompletion(ctx, g.chatReq)
+		resp, err := g.chats[g.pick()].CreateChatCompletion(ctx, g.chatReq)
 		if err != nil {
 			return 0, err
 		}
@@ -387,7 +402,7 @@ func (g *gen) embed(ctx context.Context) (int, error) {
 	defer cancel()
 	var n, dims int
 	if g.conn != nil {
-		resp, err := g.emb.CreateEmbedding(ctx, g.embReq)
+		resp, err := g.embs[g.pick()].CreateEmbedding(ctx, g.embReq)
 		if err != nil {
 			return 0, err
 		}
@@ -432,7 +447,7 @@ func (g *gen) streamCall(ctx context.Context, onMsg func(events int) bool) (int,
 	defer cancel()
 	total := 0
 	if g.conn != nil {
-		st, err := g.chat.StreamChatCompletion(ctx, g.strReq)
+		st, err := g.chats[g.pick()].StreamChatCompletion(ctx, g.strReq)
 		if err != nil {
 			return 0, err
 		}
@@ -928,8 +943,8 @@ func runLoad(arg string) int {
 		fmt.Fprintf(os.Stderr, "benchdriver load: mode %q is not implemented in Go (use bench.loadgen)\n", s.Mode)
 		return 2
 	}
-	if g.conn != nil {
-		g.conn.Close()
+	for _, c := range g.conns {
+		c.Close()
 	}
 	res["loop"] = "go"
 	res["pid"] = os.Getpid()
