@@ -293,6 +293,9 @@ def workers_note(ws: dict[str, Any]) -> str:
             f"; on {nproc} cores at most {fmt(room, 0)} % is left for the workers: the ratio cannot exceed "
             f"≈ {fmt(room / m1)}x on this machine"
         )
+    other = p2.get("other_processes_pct")
+    if other is not None and other >= 25:
+        txt += f"; processes outside the benchmark took {fmt(other, 0)} % of a core meanwhile"
     return txt
 
 

@@ -166,6 +166,25 @@ def system_busy_s() -> float:
     return (sum(parts[:8]) - idle) / procs.CLK_TCK
 
 
+def wait_serving(target: str, within: float) -> None:
+    """Until the gRPC health service at `target` says SERVING (RuntimeError after `within` s)."""
+    import grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    deadline = time.monotonic() + within
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)  # type: ignore[no-untyped-call]
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:  # SERVING
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target} did not say SERVING within {within:.0f} s")
+            time.sleep(0.1)
+
+
 def dig_rps(s: dict[str, Any], key: str, nested: bool = True) -> float | None:
     """Closed-loop unary c=64 requests/s of a path (nested: in scenario unary_c64)."""
     r = report.dig(s, "unary_c64", "paths", key) if nested else s.get(key)
@@ -355,6 +374,10 @@ class Bench:
         self.procs[name] = gw
         try:
             await procs.wait_port(port, gw, 60)
+            if workers > 1:
+                # The port accepts as soon as the first worker listens; connections made before the
+                # others listen would all land on it. SERVING comes once every worker listens.
+                await asyncio.to_thread(wait_serving, f"127.0.0.1:{port}", 60.0)
         except RuntimeError:
             self.stop_middle(name)
             raise
