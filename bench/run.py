@@ -542,6 +542,7 @@ class Bench:
         if self.go_bin is not None and mode in GO_MODES:
             argv = [str(self.go_bin), "load", json.dumps(full)]
         else:
+            full.pop("channels", None)  # Go only: bench.loadgen always uses one channel
             argv = [self.py, "-m", "bench.loadgen", json.dumps(full)]
         if self.cpu_side is not None:
             argv = ["taskset", "-c", self.cpu_side, *argv]
