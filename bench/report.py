@@ -1010,7 +1010,7 @@ class _Why:
             txt += (
                 f"; the load generator's gRPC client costs {fmt(lg_g, 0)} µs per call against "
                 f"{fmt(lg_d, 0)} µs "
-                "for the direct aiohttp client; the rest is the second loopback hop and its wake-ups"
+                "for the direct HTTP client; the rest is the second loopback hop and its wake-ups"
             )
         txt += "."
         if q == "p99" and g.get("p99") and d.get("p99"):
@@ -1219,13 +1219,26 @@ class _Why:
             f"{t.get('note') or ''}. The harness alone (direct path) reached {fmt(ceiling, 0)} req/s."
         )
         nproc = os.cpu_count() or 2
-        nxt = (
-            "on this 2-core machine the driving side takes CPU from the second worker: measure the ratio "
-            "on a machine with a core per worker plus one for the driver and the fake"
-            if nproc <= 2
-            else "look at per-worker CPU: a worker below 90 % means connections are not spread evenly "
-            "(SO_REUSEPORT balancing of one gRPC channel pins it to one worker)"
-        )
+        p2 = dig(ws, "points", "workers_2", "processes") or {}
+        used = dig(p2, "middle", "cpu_pct") or 0.0
+        side = sum(dig(p2, w, "cpu_pct") or 0 for w in ("upstream", "loadgen", "orchestrator"))
+        other = p2.get("other_processes_pct") or 0.0
+        room = max(0.0, nproc * 100 - side)
+        if used < 0.85 * room and other >= 25:
+            nxt = (
+                f"the workers used {fmt(used, 0)} % of the {fmt(room, 0)} % the driving side left while "
+                f"processes outside the benchmark took {fmt(other, 0)} %: measure again on a quiet machine"
+            )
+        elif nproc <= 2:
+            nxt = (
+                "on this 2-core machine the driving side takes CPU from the second worker: measure the "
+                "ratio on a machine with a core per worker plus one for the driver and the fake"
+            )
+        else:
+            nxt = (
+                "look at per-worker CPU: a worker below 90 % means connections are not spread evenly "
+                "(SO_REUSEPORT spreads connections, not calls)"
+            )
         return f"{txt} **Next step:** {nxt}."
 
     def cancellations(self, t: dict[str, Any]) -> str:
