@@ -46,7 +46,6 @@ def ensure(log: Path | None = None) -> Path:
         raise RuntimeError("the Go toolchain is not installed (scripts/bootstrap.sh installs it)")
     BIN.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("GOFLAGS", "-mod=mod")
     res = subprocess.run(
         [go, "build", "-trimpath", "-o", str(BIN), "."],
         cwd=SRC,

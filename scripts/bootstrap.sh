@@ -59,4 +59,4 @@ scripts/gen_stubs.sh --tools
 # The benchmark's Go driving side (bench/driver): its modules, so the build the benchmark tests
 # start (bench.driver, into bench/.bin) needs no network.
 GO=$(command -v go || echo /usr/local/go/bin/go)
-if [ -x "$GO" ]; then (cd bench/driver && GOFLAGS=-mod=mod "$GO" mod download); fi
+if [ -x "$GO" ]; then (cd bench/driver && "$GO" mod download); fi
