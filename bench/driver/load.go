@@ -27,7 +27,91 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
+
+// The chat calls skip protobuf decoding on the client (the harness's cost is not the point):
+// answers are scanned on the wire for the fields the checks need, requests are marshalled once.
+const (
+	chatUnaryMethod  = "/openai_grpc.v1.ChatService/CreateChatCompletion"
+	chatStreamMethod = "/openai_grpc.v1.ChatService/StreamChatCompletion"
+)
+
+// wireMsg is a message as bytes: what is sent, or (received) the count of one field.
+type wireMsg struct {
+	out   []byte
+	count func([]byte) int
+	n     int
+}
+
+type wireCodec struct{}
+
+func (wireCodec) Name() string { return "proto" }
+
+func (wireCodec) Marshal(v any) ([]byte, error) {
+	if m, ok := v.(*wireMsg); ok {
+		return m.out, nil
+	}
+	return proto.Marshal(v.(proto.Message))
+}
+
+func (wireCodec) Unmarshal(data []byte, v any) error {
+	m := v.(*wireMsg)
+	m.n = m.count(data)
+	return nil
+}
+
+// countField: how many times top-level field `num` occurs in a serialized message (-1: malformed).
+func countField(b []byte, num protowire.Number) int {
+	n := 0
+	for len(b) > 0 {
+		f, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return -1
+		}
+		b = b[l:]
+		if f == num {
+			n++
+		}
+		l = protowire.ConsumeFieldValue(f, typ, b)
+		if l < 0 {
+			return -1
+		}
+		b = b[l:]
+	}
+	return n
+}
+
+// fieldBytes: the last occurrence of length-delimited top-level field `num`.
+func fieldBytes(b []byte, num protowire.Number) []byte {
+	var out []byte
+	for len(b) > 0 {
+		f, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return nil
+		}
+		b = b[l:]
+		if f == num && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return nil
+			}
+			out = v
+		}
+		l = protowire.ConsumeFieldValue(f, typ, b)
+		if l < 0 {
+			return nil
+		}
+		b = b[l:]
+	}
+	return out
+}
+
+// StreamChatCompletionResponse.events = 1; CreateChatCompletionResponse.chat_completion = 1,
+// ChatCompletion.choices = 2.
+func countEvents(b []byte) int  { return countField(b, 1) }
+func countChoices(b []byte) int { return countField(fieldBytes(b, 1), 2) }
 
 // Spec is the JSON the orchestrator passes; fields the Go generator does not use are accepted.
 type Spec struct {
@@ -248,6 +332,8 @@ type gen struct {
 	rr      atomic.Uint64
 	chatReq *pb.CreateChatCompletionRequest
 	strReq  *pb.StreamChatCompletionRequest
+	chatRaw []byte // chatReq and strReq, marshalled once
+	strRaw  []byte
 	embReq  *pb.CreateEmbeddingRequest
 	client  *http.Client
 	chatURL string
@@ -294,6 +380,13 @@ func (g *gen) setup() error {
 		msgs := []*pb.ChatCompletionRequestMessage{{Role: "user", Content: &pb.ChatCompletionRequestMessage_ContentText{ContentText: "hi"}}}
 		g.chatReq = &pb.CreateChatCompletionRequest{Model: s.Model, Messages: msgs}
 		g.strReq = &pb.StreamChatCompletionRequest{Model: s.Model, Messages: msgs}
+		var err error
+		if g.chatRaw, err = proto.Marshal(g.chatReq); err != nil {
+			return err
+		}
+		if g.strRaw, err = proto.Marshal(g.strReq); err != nil {
+			return err
+		}
 		dims := int64(s.EmbedDims)
 		g.embReq = &pb.CreateEmbeddingRequest{
 			Model: s.EmbedModel, Dimensions: &dims,
@@ -367,12 +460,13 @@ func (g *gen) unary(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout())
 	defer cancel()
 	if g.conn != nil {
-		resp, err := g.chats[g.pick()].CreateChatCompletion(ctx, g.chatReq)
+		resp := &wireMsg{count: countChoices}
+		err := g.conns[g.pick()].Invoke(ctx, chatUnaryMethod, &wireMsg{out: g.chatRaw}, resp, grpc.ForceCodec(wireCodec{}))
 		if err != nil {
 			return 0, err
 		}
-		if n := len(resp.GetChatCompletion().GetChoices()); n != 1 {
-			return 0, fmt.Errorf("expected 1 choice, got %d", n)
+		if resp.n != 1 {
+			return 0, fmt.Errorf("expected 1 choice, got %d", resp.n)
 		}
 		return 1, nil
 	}
@@ -447,19 +541,30 @@ func (g *gen) streamCall(ctx context.Context, onMsg func(events int) bool) (int,
 	defer cancel()
 	total := 0
 	if g.conn != nil {
-		st, err := g.chats[g.pick()].StreamChatCompletion(ctx, g.strReq)
+		desc := &grpc.StreamDesc{ServerStreams: true}
+		st, err := g.conns[g.pick()].NewStream(ctx, desc, chatStreamMethod, grpc.ForceCodec(wireCodec{}))
 		if err != nil {
 			return 0, err
 		}
+		if err := st.SendMsg(&wireMsg{out: g.strRaw}); err != nil {
+			return 0, err
+		}
+		if err := st.CloseSend(); err != nil {
+			return 0, err
+		}
+		msg := &wireMsg{count: countEvents}
 		for {
-			msg, err := st.Recv()
+			err := st.RecvMsg(msg)
 			if err == io.EOF {
 				return total, nil
 			}
 			if err != nil {
 				return total, err
 			}
-			k := len(msg.GetEvents())
+			k := msg.n
+			if k < 0 {
+				return total, errors.New("malformed stream message")
+			}
 			total += k
 			if !onMsg(k) {
 				return total, nil // the deferred cancel ends the call

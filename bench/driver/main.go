@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 )
 
 func main() {
@@ -26,6 +27,16 @@ func main() {
 		if len(os.Args) != 3 {
 			fmt.Fprintln(os.Stderr, "usage: benchdriver load '<json spec>'")
 			os.Exit(2)
+		}
+		// BENCHDRIVER_CPUPROFILE=FILE: a pprof CPU profile of the load generator itself.
+		if path := os.Getenv("BENCHDRIVER_CPUPROFILE"); path != "" {
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.StartCPUProfile(f)
+				rc := runLoad(os.Args[2])
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Exit(rc)
+			}
 		}
 		os.Exit(runLoad(os.Args[2]))
 	case "fake":
