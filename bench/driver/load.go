@@ -327,7 +327,6 @@ type gen struct {
 	stdin   *bufio.Reader
 	conn    *grpc.ClientConn // the first channel; nil for HTTP
 	conns   []*grpc.ClientConn
-	chats   []pb.ChatServiceClient
 	embs    []pb.EmbeddingsServiceClient
 	rr      atomic.Uint64
 	chatReq *pb.CreateChatCompletionRequest
@@ -373,7 +372,6 @@ func (g *gen) setup() error {
 				return err
 			}
 			g.conns = append(g.conns, conn)
-			g.chats = append(g.chats, pb.NewChatServiceClient(conn))
 			g.embs = append(g.embs, pb.NewEmbeddingsServiceClient(conn))
 		}
 		g.conn = g.conns[0]
