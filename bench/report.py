@@ -208,6 +208,12 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if last_step and not last_step.get("pass"):
         sat = ", ".join(last_step.get("saturated") or []) or "nothing at 90%+"
         note = f"first failing step {last_step['streams']} streams; CPU-saturated there: {sat}"
+    if (
+        last_step
+        and not last_step.get("pass")
+        and any(str(x).startswith("CPU 0") for x in last_step.get("saturated") or [])
+    ):
+        note += "; **the driving side's core was saturated at that step: the verdict is the harness's**"
     if streams is not None and d_streams is not None and streams >= d_streams and not d_all:
         note += (
             "; " if note else ""
