@@ -293,7 +293,7 @@ def workers_note(ws: dict[str, Any]) -> str:
         f"(1 worker: {fmt(m1, 0)} %); driver + fake + orchestrator {fmt(side, 0)} % of a core"
     )
     nproc = os.cpu_count() or 2
-    if m1 and nproc <= 2:
+    if m1 and nproc <= 2 and max(0.0, nproc * 100 - side) / m1 < 2:
         room = max(0.0, nproc * 100 - side)
         txt += (
             f"; on {nproc} cores at most {fmt(room, 0)} % is left for the workers: the ratio cannot exceed "

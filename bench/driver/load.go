@@ -905,6 +905,21 @@ func (g *gen) rateMode() map[string]any {
 		best, bestStep = rate, step
 		rate *= s.RateFactor
 	}
+	if best == 0 && failed {
+		// Even the first step failed: halve the rate (up to 3 times) so the figure is not just 0.
+		for r := s.RateStart / 2; r >= 1 && len(steps) < s.RateMaxSteps+3; r /= 2 {
+			step := g.rateStep(f, r)
+			steps = append(steps, step)
+			if step["pass"].(bool) {
+				best, bestStep = r, step
+				break
+			}
+			if len(steps) >= 4 {
+				break
+			}
+		}
+		sort.Slice(steps, func(i, j int) bool { return steps[i]["rate"].(float64) < steps[j]["rate"].(float64) })
+	}
 	g.mark("END")
 	return map[string]any{
 		"max_rps": round(best, 1), "best_step": bestStep, "steps": steps, "stop": stopReason,
