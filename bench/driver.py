@@ -46,8 +46,9 @@ def ensure(log: Path | None = None) -> Path:
         raise RuntimeError("the Go toolchain is not installed (scripts/bootstrap.sh installs it)")
     BIN.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    tmp = BIN.with_name(BIN.name + ".tmp")  # then renamed: a running driver is never overwritten
     res = subprocess.run(
-        [go, "build", "-trimpath", "-o", str(BIN), "."],
+        [go, "build", "-trimpath", "-o", str(tmp), "."],
         cwd=SRC,
         capture_output=True,
         text=True,
@@ -60,6 +61,7 @@ def ensure(log: Path | None = None) -> Path:
         log.write_text(res.stdout + res.stderr)
     if res.returncode != 0:
         raise RuntimeError(f"go build of bench/driver failed:\n{(res.stdout + res.stderr)[-2000:]}")
+    os.replace(tmp, BIN)
     return BIN
 
 
