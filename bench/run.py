@@ -220,6 +220,7 @@ class Bench:
         self.pin = bool(args.pin and nproc >= 2 and procs.have_taskset())
         self.cpu_side = "0" if self.pin else None  # upstream, load generator, orchestrator
         self.cpu_mid = "1" if self.pin else None  # the process under test
+        self.cpu_all = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))  # before pinning ourselves
         self.procs: dict[str, Proc] = {}
         self.paths: dict[str, PathInfo] = {}
         self.notes: list[str] = []
@@ -367,8 +368,9 @@ class Bench:
             OPENAI_GRPC_HOST="127.0.0.1",
             OPENAI_GRPC_PORT=str(port),
         )
-        # More than one worker process cannot live on one pinned core.
-        cpus = self.cpu_mid if workers == 1 else None
+        # More than one worker process cannot live on one pinned core. "Unpinned" must be said
+        # explicitly: children inherit the orchestrator's own affinity (CPU 0 when pinning).
+        cpus = self.cpu_mid if workers == 1 else (self.cpu_all if self.pin else None)
         gw = Proc(name, argv, env=env, cpus=cpus, log_path=self.log_dir / log_name, cwd=REPO)
         gw.start()
         self.procs[name] = gw
