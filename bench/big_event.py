@@ -161,7 +161,7 @@ class Bench:
             out.append((time.perf_counter() - t) * 1000)
 
     async def idle_latency(self) -> list[float]:
-        stop, out = asyncio.Event(), []
+        stop, out = asyncio.Event(), list[float]()
         task = asyncio.create_task(self.unary_loop(stop, out))
         await asyncio.sleep(self.idle_seconds)
         stop.set()
@@ -174,7 +174,7 @@ class Bench:
         await self.script(size)
         got = await self.relay_once()  # warm-up, and the event arrived whole
         assert got == size, (got, size)
-        stop, during = asyncio.Event(), []
+        stop, during = asyncio.Event(), list[float]()
         task = asyncio.create_task(self.unary_loop(stop, during))
         before = self.gateway.snapshot()
         started = time.perf_counter()

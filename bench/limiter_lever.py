@@ -79,7 +79,7 @@ async def measure(calls: int, concurrency: int) -> dict[str, Any]:
     try:
         parsers: list[tuple[str, dict[str, Any]]] = [("redis", {})]
         try:
-            from redis.asyncio.connection import _AsyncRESP2Parser  # noqa: PLC0415
+            from redis.asyncio.connection import _AsyncRESP2Parser  # type: ignore[attr-defined]  # noqa: PLC0415
             from redis.utils import HIREDIS_AVAILABLE  # noqa: PLC0415
 
             if HIREDIS_AVAILABLE:

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench import levers, litellm_env, procs, report
+from bench import driver, levers, litellm_env, procs, report, upstream_fixtures
 from bench.procs import Proc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,9 +41,15 @@ CHAT_MODEL = "gpt-4o-mini"
 EMBED_MODEL = "text-embedding-3-small"
 GATEWAY_KEY = "sk-bench-placeholder-not-a-key"
 PATHS = ("gateway", "direct", "litellm")
+# Load generator modes the Go driver runs (upload stays on bench.loadgen: one big stream, never
+# the harness's ceiling).
+GO_MODES = frozenset({"unary", "embed", "stream", "hold", "cancel", "rate"})
 SCENARIOS = (
     "unary_c1",
     "unary_c64",
+    "echo_floor",
+    "max_rps",
+    "workers_scaling",
     "embeddings_c1",
     "embeddings_c16",
     "stream64_c1",
@@ -70,7 +76,8 @@ class Plan:
     stream_events: int = 64
     cadence_events: int = 100
     cadence_gap_ms: float = 20.0
-    cadence_steps: tuple[int, ...] = (64, 128, 256, 384, 512)
+    # Stepping stops at the first failing step, so 768 and 1024 run only when 512 passed.
+    cadence_steps: tuple[int, ...] = (64, 128, 256, 384, 512, 768, 1024)
     cadence_step_down: int = 3  # if the first step fails: try 1/2, 1/4, 1/8 of it
     cadence_stagger: float = 2.0
     cadence_duration: float = 8.0
@@ -95,6 +102,14 @@ class Plan:
     codec_repeat: int = 5
     codec_min_time: float = 0.2
     limiter_calls: int = 20_000  # bench.limiter_lever: acquire+settle cycles per limiter
+    # max_rps: open loop, offered rate x rate_factor per step from rate_start_share x the closed-loop
+    # c=64 throughput, until a step has p99 >= 1 s or >= 0.1 % errors.
+    rate_start_share: float = 0.5
+    rate_factor: float = 1.15
+    rate_step_s: float = 4.0
+    rate_warmup: float = 2.0
+    rate_max_steps: int = 24
+    workers_warmup: float = 8.0  # the --workers 2 gateway, before its unary c=64 point
 
 
 FULL = Plan()
@@ -124,6 +139,11 @@ QUICK = Plan(
     codec_repeat=2,
     codec_min_time=0.01,
     limiter_calls=1_000,
+    rate_factor=1.6,
+    rate_step_s=0.4,
+    rate_warmup=0.2,
+    rate_max_steps=3,
+    workers_warmup=0.0,
 )
 
 
@@ -144,6 +164,32 @@ def system_busy_s() -> float:
         parts = [int(x) for x in f.readline().split()[1:]]
     idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
     return (sum(parts[:8]) - idle) / procs.CLK_TCK
+
+
+def wait_serving(target: str, within: float) -> None:
+    """Until the gRPC health service at `target` says SERVING (RuntimeError after `within` s)."""
+    import grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    deadline = time.monotonic() + within
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)  # type: ignore[no-untyped-call]
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:  # SERVING
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target} did not say SERVING within {within:.0f} s")
+            time.sleep(0.1)
+
+
+def dig_rps(s: dict[str, Any], key: str, nested: bool = True) -> float | None:
+    """Closed-loop unary c=64 requests/s of a path (nested: in scenario unary_c64)."""
+    r = report.dig(s, "unary_c64", "paths", key) if nested else s.get(key)
+    v = report.dig(r, "loadgen", "rps")
+    return float(v) if v else None
 
 
 @dataclasses.dataclass
@@ -174,6 +220,7 @@ class Bench:
         self.pin = bool(args.pin and nproc >= 2 and procs.have_taskset())
         self.cpu_side = "0" if self.pin else None  # upstream, load generator, orchestrator
         self.cpu_mid = "1" if self.pin else None  # the process under test
+        self.cpu_all = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))  # before pinning ourselves
         self.procs: dict[str, Proc] = {}
         self.paths: dict[str, PathInfo] = {}
         self.notes: list[str] = []
@@ -186,6 +233,9 @@ class Bench:
         self.busy_points = 0
         self.quiet_budget = float(args.quiet_budget)
         self.gateway_env: dict[str, str] = {}
+        self.driver: str = args.driver
+        self.go_bin: Path | None = None
+        self.echo_answers: dict[str, Any] = {}
         for item in args.gateway_env:
             key, sep, value = item.partition("=")
             if not sep or not key.startswith("OPENAI_GRPC_"):
@@ -199,19 +249,31 @@ class Bench:
         env["PYTHONPATH"] = str(REPO)
         return env
 
+    def build_driver(self) -> None:
+        """The Go driving side (load generator and fake upstream), built on first use."""
+        if self.driver != "go":
+            return
+        print("[bench] building the Go driver (bench/driver) ...", flush=True)
+        self.go_bin = driver.ensure(self.log_dir / "driver_build.log")
+
+    def fixtures(self) -> Path:
+        """The Go fake's precomputed answers, rendered by the Python fake's own code."""
+        p = self.plan
+        data = upstream_fixtures.build(
+            [CHAT_MODEL],
+            [p.stream_events - 2, p.cadence_events - 2],
+            [(EMBED_MODEL, p.embed_inputs, p.embed_dims)],
+        )
+        return upstream_fixtures.write(self.log_dir / "fake_fixtures.json", data)
+
     async def start_fake(self) -> None:
         port = procs.free_port()
-        argv = [
-            self.py,
-            "-m",
-            "openai_grpc_server.fake_upstream",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--chunks",
-            str(self.plan.stream_events - 2),
-        ]
+        if self.go_bin is not None:
+            argv = [str(self.go_bin), "fake", "--host", "127.0.0.1", "--port", str(port)]
+            argv += ["--fixtures", str(self.fixtures()), "--chunks", str(self.plan.stream_events - 2)]
+        else:
+            argv = [self.py, "-m", "openai_grpc_server.fake_upstream", "--host", "127.0.0.1"]
+            argv += ["--port", str(port), "--chunks", str(self.plan.stream_events - 2)]
         fake = Proc(
             "upstream",
             argv,
@@ -287,10 +349,12 @@ class Bench:
         self.gateway_workers = workers
         await self.launch_gateway("gateway", {}, "gateway.log")
 
-    async def launch_gateway(self, name: str, settings: dict[str, str], log_name: str) -> Proc:
+    async def launch_gateway(
+        self, name: str, settings: dict[str, str], log_name: str, workers: int | None = None
+    ) -> Proc:
         """Start a gateway process as path `name` (pinned like the main one), with the
         --gateway-env settings and then `settings` on top."""
-        workers = self.gateway_workers
+        workers = self.gateway_workers if workers is None else workers
         port = procs.free_port()
         argv = [self.py, "-m", "openai_grpc_server", "--port", str(port)]
         if self.gateway_flags["workers"]:
@@ -304,13 +368,18 @@ class Bench:
             OPENAI_GRPC_HOST="127.0.0.1",
             OPENAI_GRPC_PORT=str(port),
         )
-        # More than one worker process cannot live on one pinned core.
-        cpus = self.cpu_mid if workers == 1 else None
+        # More than one worker process cannot live on one pinned core. "Unpinned" must be said
+        # explicitly: children inherit the orchestrator's own affinity (CPU 0 when pinning).
+        cpus = self.cpu_mid if workers == 1 else (self.cpu_all if self.pin else None)
         gw = Proc(name, argv, env=env, cpus=cpus, log_path=self.log_dir / log_name, cwd=REPO)
         gw.start()
         self.procs[name] = gw
         try:
             await procs.wait_port(port, gw, 60)
+            if workers > 1:
+                # The port accepts as soon as the first worker listens; connections made before the
+                # others listen would all land on it. SERVING comes once every worker listens.
+                await asyncio.to_thread(wait_serving, f"127.0.0.1:{port}", 60.0)
         except RuntimeError:
             self.stop_middle(name)
             raise
@@ -472,7 +541,11 @@ class Bench:
             "chunk_bytes": self.plan.chunk_bytes,
             **spec,
         }
-        argv = [self.py, "-m", "bench.loadgen", json.dumps(full)]
+        if self.go_bin is not None and mode in GO_MODES:
+            argv = [str(self.go_bin), "load", json.dumps(full)]
+        else:
+            full.pop("channels", None)  # Go only: bench.loadgen always uses one channel
+            argv = [self.py, "-m", "bench.loadgen", json.dumps(full)]
         if self.cpu_side is not None:
             argv = ["taskset", "-c", self.cpu_side, *argv]
         self.point_seq += 1
@@ -509,6 +582,7 @@ class Bench:
             )
             assert lg.stdout is not None and lg.stdin is not None
             timeout = spec.get("warmup", 0) + spec.get("duration", 0) + 300
+            timeout += 2 * spec.get("rate_step_s", 0) * spec.get("rate_max_steps", 0)
             try:
                 async with asyncio.timeout(timeout):
                     while line := await lg.stdout.readline():
@@ -524,6 +598,8 @@ class Bench:
                             }
                             if mid is not None:
                                 snap["middle"] = dataclasses.asdict(mid.snapshot(mid_pids))
+                                if len(mid_pids) > 1:
+                                    snap["middle_each"] = {str(q): procs.cpu_seconds([q]) for q in mid_pids}
                             if hooks and name in hooks:
                                 snap["hook"] = await hooks[name]()
                             marks[name] = snap
@@ -544,6 +620,11 @@ class Bench:
             finally:
                 if sampler is not None:
                     sampler.cancel()
+                if lg.returncode is None:  # failure or Ctrl-C: never leave a load generator behind
+                    with contextlib.suppress(ProcessLookupError):
+                        lg.kill()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(lg.wait()), 5)
         if result is None:
             tail = log_path.read_text(errors="replace")[-800:]
             return {"failed": f"load generator gave no result (exit {lg.returncode}): {tail}"}
@@ -574,6 +655,11 @@ class Bench:
                 "cpu_pct": round(cpu / wall * 100, 1) if wall > 0 else None,
                 "rss_kb": e[name]["rss_kb"],
                 "hwm_kb": e[name]["hwm_kb"],
+            }
+        if "middle_each" in s and "middle_each" in e and wall > 0:
+            out["middle_each_cpu_pct"] = {
+                pid: round((e["middle_each"].get(pid, 0.0) - v) / wall * 100, 1)
+                for pid, v in s["middle_each"].items()
             }
         busy = e["sys_busy_s"] - s["sys_busy_s"]
         out["machine_busy_pct"] = round(busy / wall * 100, 1) if wall > 0 else None
@@ -916,6 +1002,216 @@ class Bench:
                     path, "warm-up", "unary", concurrency=self.plan.c_high, warmup=secs, duration=0.2
                 )
 
+    # -- the floor, the open-loop maximum, --workers 2 -----------------------------------------
+
+    def capture_answers(self) -> dict[str, Any]:
+        """The gateway's own answers to the benchmark's chat requests, serialized: the echo
+        floor replays them (the fake is set to the burst stream of stream_events)."""
+        import base64  # noqa: PLC0415
+
+        import grpc  # noqa: PLC0415
+        from openai_grpc.v1 import chat_pb2, chat_pb2_grpc  # noqa: PLC0415
+
+        msgs = [chat_pb2.ChatCompletionRequestMessage(role="user", content_text="hi")]
+        with grpc.insecure_channel(self.paths["gateway"].target) as ch:
+            stub = chat_pb2_grpc.ChatServiceStub(ch)
+            unary = stub.CreateChatCompletion(
+                chat_pb2.CreateChatCompletionRequest(model=CHAT_MODEL, messages=msgs), timeout=30
+            )
+            stream = list(
+                stub.StreamChatCompletion(
+                    chat_pb2.StreamChatCompletionRequest(model=CHAT_MODEL, messages=msgs), timeout=30
+                )
+            )
+        return {
+            "unary": base64.b64encode(unary.SerializeToString()).decode(),
+            "stream": [base64.b64encode(m.SerializeToString()).decode() for m in stream],
+            "stream_events": sum(len(m.events) for m in stream),
+        }
+
+    async def start_echo(self) -> None:
+        """bench.echo, pinned like the gateway, answering with the gateway's captured bytes."""
+        self.select("gateway")
+        await self.fake_stream_config(self.plan.stream_events, 0.0)
+        self.echo_answers = await asyncio.to_thread(self.capture_answers)
+        answers = self.log_dir / "echo_answers.json"
+        answers.write_text(json.dumps(self.echo_answers))
+        port = procs.free_port()
+        argv = [self.py, "-m", "bench.echo", "--port", str(port), "--answers", str(answers)]
+        echo = Proc(
+            "echo",
+            argv,
+            env=self.clean_env(),
+            cpus=self.cpu_mid,
+            log_path=self.log_dir / "echo.log",
+            cwd=REPO,
+        )
+        echo.start()
+        self.procs["echo"] = echo
+        await procs.wait_port(port, echo, 30)
+        self.paths["echo"] = PathInfo("echo", "grpc", f"127.0.0.1:{port}", "", echo)
+
+    async def echo_floor(self) -> dict[str, Any]:
+        """The same unary and stream loads against bench.echo: what grpc.aio alone costs."""
+        p = self.plan
+        ans = self.echo_answers
+        scen: dict[str, Any] = {
+            "params": {
+                "what": "bare grpc.aio server (uvloop, generic handler, no parsing) answering "
+                "ChatService with the gateway's own serialized answers, pinned like the gateway",
+                "unary_response_bytes": len(ans.get("unary", "")) * 3 // 4,
+                "stream_messages": len(ans.get("stream") or []),
+                "stream_events": ans.get("stream_events"),
+            },
+            "loads": {},
+        }
+        if "echo" not in self.paths:
+            return {"skipped": "echo server did not start", **scen}
+        for key, mode, c in (("unary_c1", "unary", p.c_low), ("unary_c64", "unary", p.c_high)):
+            scen["loads"][key] = await self.point(
+                "echo", f"echo-{key}", mode, concurrency=c, warmup=p.warmup, duration=p.duration
+            )
+        scen["loads"]["stream64_c64"] = await self.point(
+            "echo", "echo-stream64_c64", "stream", concurrency=p.c_high, warmup=p.warmup, duration=p.duration
+        )
+        return scen
+
+    async def max_rps(self, s: dict[str, Any]) -> dict[str, Any]:
+        """Open loop: the highest offered rate each path sustains with p99 < 1 s and < 0.1 %
+        errors (GetBusbar's "max RPS"); the direct path's figure is the harness's ceiling."""
+        p = self.plan
+        scen: dict[str, Any] = {
+            "params": {
+                "op": "unary chat",
+                "start": f"{p.rate_start_share} x the path's closed-loop c={p.c_high} throughput",
+                "factor": p.rate_factor,
+                "step_s": p.rate_step_s,
+                "p99_ms": 1000.0,
+                "max_error_pct": 0.1,
+                "connections": f"HTTP: a pool of {p.c_high} connections opened in the warm-up; "
+                "gRPC: one channel",
+            },
+            "paths": {},
+        }
+        for path in PATHS:
+            if path not in self.paths or self.go_bin is None:
+                scen["paths"][path] = (
+                    self.skipped(path) if path not in self.paths else {"skipped": "needs the Go driver"}
+                )
+                continue
+            closed = dig_rps(s, path) or 50.0
+            r = await self.point(
+                path,
+                "max_rps",
+                "rate",
+                concurrency=p.c_high,  # HTTP: the connection pool; gRPC: warm-up workers (one channel)
+                warmup=p.rate_warmup,
+                rate_start=max(5.0, round(closed * p.rate_start_share, 1)),
+                rate_factor=p.rate_factor,
+                rate_step_s=p.rate_step_s,
+                rate_max_steps=p.rate_max_steps,
+                rate_p99_ms=1000.0,
+                rate_max_error_pct=0.1,
+                timeout=10.0,
+            )
+            scen["paths"][path] = r
+        return scen
+
+    async def workers_scaling(self, s: dict[str, Any]) -> dict[str, Any]:
+        """The gateway with --workers 2 against 1 under unary c=64, both measured here."""
+        p = self.plan
+        scen: dict[str, Any] = {
+            "params": {
+                "load": f"unary chat, closed loop, c={p.c_high}",
+                "channels": f"{p.c_high} gRPC channels (connections), calls round-robin over them, for "
+                "both points: SO_REUSEPORT spreads connections, not calls, over the workers",
+                "note": "the 2-worker gateway is unpinned (its workers need both cores); the load "
+                "generator and the fake stay on CPU 0 when pinning, so they compete with one worker",
+            },
+            "points": {},
+        }
+        if not self.gateway_flags.get("workers"):
+            return {"skipped": "the gateway has no --workers flag", **scen}
+        if self.go_bin is None:
+            scen["params"]["note"] += "; Python driver: the driving side may be the limit"
+        one = "gateway"
+        if self.gateway_workers != 1:  # the main gateway runs N workers: start a 1-worker one
+            one = "gateway_w1"
+            await self.launch_gateway(one, {}, "gateway-w1.log", workers=1)
+            if p.workers_warmup > 0:
+                await self.point(
+                    one, "workers-1-warm-up", "unary", concurrency=p.c_high,
+                    channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
+                )  # fmt: skip
+        try:
+            scen["points"]["workers_1"] = await self.point(
+                one,
+                "workers-1",
+                "unary",
+                concurrency=p.c_high,
+                channels=p.c_high,
+                warmup=p.warmup,
+                duration=p.duration,
+            )
+        finally:
+            if one != "gateway":
+                self.stop_middle(one)
+        try:
+            await self.launch_gateway("gateway_w2", {}, "gateway-w2.log", workers=2)
+        except RuntimeError as exc:
+            scen["points"]["workers_2"] = {"failed": str(exc)[:400]}
+            return scen
+        try:
+            if p.workers_warmup > 0:
+                await self.point(
+                    "gateway_w2", "workers-2-warm-up", "unary", concurrency=p.c_high,
+                    channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
+                )  # fmt: skip
+            scen["points"]["workers_2"] = await self.point(
+                "gateway_w2",
+                "workers-2",
+                "unary",
+                concurrency=p.c_high,
+                channels=p.c_high,
+                warmup=p.warmup,
+                duration=p.duration,
+            )
+        finally:
+            self.stop_middle("gateway_w2")
+        r1 = dig_rps(scen["points"], "workers_1", nested=False)
+        r2 = dig_rps(scen["points"], "workers_2", nested=False)
+        scen["ratio"] = round(r2 / r1, 3) if r1 and r2 else None
+        return scen
+
+    def harness(self, s: dict[str, Any]) -> dict[str, Any]:
+        """The driving side and its ceiling: what the direct path (load generator -> fake, no
+        middle process) reached in this run. No gateway verdict above these is the harness's."""
+
+        def direct(key: str, *f: str) -> Any:
+            return report.dig(s, key, "paths", "direct", *f)
+
+        return {
+            "driver": self.driver,
+            "load_generator": "bench/driver (Go, benchdriver load)"
+            if self.go_bin
+            else "bench.loadgen (Python)",
+            "fake_upstream": "bench/driver (Go, benchdriver fake, precomputed bytes)"
+            if self.go_bin
+            else "openai_grpc_server.fake_upstream (Python)",
+            "go": driver.version() if self.go_bin else None,
+            "ceiling": {
+                "unary_rps_c64": direct("unary_c64", "loadgen", "rps"),
+                "max_rps": direct("max_rps", "loadgen", "max_rps"),
+                "stream_events_per_s_c64": direct("stream64_c64", "loadgen", "events_per_s"),
+                "cadence_max_streams": direct("cadence_max_streams", "max_stall_free"),
+                "cadence_last_step": (direct("cadence_max_streams", "steps") or [{}])[-1].get("streams"),
+                "unary_c64_side_cpu_pct": {
+                    w: report.dig(s, "unary_c64", "paths", "direct", "processes", w, "cpu_pct")
+                    for w in ("upstream", "loadgen")
+                },
+            },
+        }
+
     # -- the run -----------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
@@ -928,9 +1224,11 @@ class Bench:
         with open("/proc/loadavg") as f:  # noqa: ASYNC230 - /proc, instant
             loadavg_before = f.read().split()[:3]
         try:
+            self.build_driver()
             await self.start_fake()
             await self.start_gateway()
             await self.start_litellm()
+            await self.start_echo()
             await self.warm()
             s: dict[str, Any] = {}
             s["unary_c1"] = await self.simple("unary_c1", "unary", p.c_low)
@@ -940,6 +1238,8 @@ class Bench:
             prof: dict[str, Any] = {"skipped": "quick mode"} if self.quick or self.args.no_profile else {}
             if not prof:
                 prof = await self.profile()
+            s["echo_floor"] = await self.echo_floor()
+            self.stop_middle("echo")
             s["embeddings_c1"] = await self.simple(
                 "embeddings_c1",
                 "embed",
@@ -969,6 +1269,12 @@ class Bench:
             s["cadence_max_streams"] = await self.cadence()
             s["upload_256mib"] = await self.upload()
             s["cancellations_1000"] = await self.cancellations()
+            s["max_rps"] = await self.max_rps(s)
+            s["workers_scaling"] = (
+                {"skipped": "--no-workers-scaling"}
+                if self.args.no_workers_scaling
+                else await self.workers_scaling(s)
+            )
             # Before rss_per_stream: LiteLLM's held streams would keep the fake busy afterwards.
             levers_result: dict[str, Any] = (
                 {"skipped": "--no-levers"} if self.args.no_levers else await levers.run_levers(self)
@@ -1012,8 +1318,8 @@ class Bench:
                 "upstream_cpus": self.cpu_side,
                 "loadgen_cpus": self.cpu_side,
                 "orchestrator_cpus": self.cpu_side,
-                "note": "the process under test (gateway or LiteLLM) alone on CPU 1; fake upstream, load "
-                "generator and orchestrator share CPU 0"
+                "note": "the process under test (gateway, echo floor or LiteLLM) alone on CPU 1; fake "
+                "upstream, load generator and orchestrator share CPU 0"
                 if self.pin
                 else "no pinning",
             },
@@ -1024,6 +1330,7 @@ class Bench:
                 "log_tail": gw_log_tail,
             },
             "litellm": dataclasses.asdict(self.litellm) if self.litellm else None,
+            "harness": self.harness(s),
             "plan": dataclasses.asdict(p),
             "scenarios": s,
             "profile": prof,
@@ -1070,6 +1377,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="gateway setting as an env var, e.g. OPENAI_GRPC_UPSTREAM_TRANSPORT=aiohttp (repeatable)",
     )
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
+    ap.add_argument(
+        "--driver",
+        choices=("go", "python"),
+        default="go",
+        help="driving side: go = bench/driver load generator + fake upstream (default); python = "
+        "bench.loadgen + openai_grpc_server.fake_upstream (the old harness)",
+    )
+    ap.add_argument("--no-workers-scaling", action="store_true", help="skip the --workers 2 vs 1 comparison")
     ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
     ap.add_argument("--litellm-venv", type=Path, default=BENCH / ".venv-litellm")
     ap.add_argument("--litellm-version", default=litellm_env.DEFAULT_VERSION)
@@ -1101,7 +1416,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.md_path.write_text(report.markdown(result, bench.md_path, bench.json_path, plots))
     print(f"[bench] wrote {bench.json_path} and {bench.md_path} in {result['elapsed_s']} s", flush=True)
     for t in result["targets"]:
-        print(f"[bench] {t['verdict']:<7} {t['name']}: {t['measured_text']} (target {t['target_text']})")
+        moon = {True: "; moonshot met", False: "; moonshot not met"}.get(t.get("moonshot_met"), "")
+        ceiling = f"; harness ceiling: {t['ceiling']}" if t.get("ceiling") else ""
+        print(
+            f"[bench] {t['verdict']:<7} {t['name']}: {t['measured_text']} (target {t['target_text']}{moon})"
+            f"{ceiling}"
+        )
     return 0
 
 

@@ -56,3 +56,7 @@ fi
 # kustomize and helm (pinned, built from the Go module proxy) for the deployment tests.
 scripts/k8s_tools.sh
 scripts/gen_stubs.sh --tools
+# The benchmark's Go driving side (bench/driver): its modules, so the build the benchmark tests
+# start (bench.driver, into bench/.bin) needs no network.
+GO=$(command -v go || echo /usr/local/go/bin/go)
+if [ -x "$GO" ]; then (cd bench/driver && "$GO" mod download); fi
