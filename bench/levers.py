@@ -45,7 +45,7 @@ LEVERS: tuple[Lever, ...] = (
         "OPENAI_GRPC_UPSTREAM_TRANSPORT",
         "upstream_transport",
         ("aiohttp", "httpx"),
-        (("aiohttp", "httpx API over httpx-aiohttp"), ("httpx", "httpx's default transport (httpcore)")),
+        (("aiohttp", "the gateway's httpx transport over aiohttp's pool"), ("httpx", "httpx's default transport (httpcore)")),
         ("unary_c64", "unary_c1"),
     ),
     Lever(
