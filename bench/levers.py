@@ -45,7 +45,10 @@ LEVERS: tuple[Lever, ...] = (
         "OPENAI_GRPC_UPSTREAM_TRANSPORT",
         "upstream_transport",
         ("aiohttp", "httpx"),
-        (("aiohttp", "the gateway's httpx transport over aiohttp's pool"), ("httpx", "httpx's default transport (httpcore)")),
+        (
+            ("aiohttp", "the gateway's httpx transport over aiohttp's pool"),
+            ("httpx", "httpx's default transport (httpcore)"),
+        ),
         ("unary_c64", "unary_c1"),
     ),
     Lever(
