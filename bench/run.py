@@ -244,6 +244,29 @@ class Bench:
 
     # -- processes -----------------------------------------------------------------------------
 
+    def launch(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cpus: str | None,
+        env: dict[str, str] | None = None,
+        log_name: str | None = None,
+        cwd: Path = REPO,
+    ) -> Proc:
+        """Start one process of the run as `name` (stopped with the run), logging to the log directory."""
+        proc = Proc(
+            name,
+            argv,
+            env=self.clean_env() if env is None else env,
+            cpus=cpus,
+            log_path=self.log_dir / (log_name or f"{name}.log"),
+            cwd=cwd,
+        )
+        proc.start()
+        self.procs[name] = proc
+        return proc
+
     def clean_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LITELLM_"))}
         env["PYTHONPATH"] = str(REPO)
@@ -274,16 +297,7 @@ class Bench:
         else:
             argv = [self.py, "-m", "openai_grpc_server.fake_upstream", "--host", "127.0.0.1"]
             argv += ["--port", str(port), "--chunks", str(self.plan.stream_events - 2)]
-        fake = Proc(
-            "upstream",
-            argv,
-            env=self.clean_env(),
-            cpus=self.cpu_side,
-            log_path=self.log_dir / "fake_upstream.log",
-            cwd=REPO,
-        )
-        fake.start()
-        self.procs["upstream"] = fake
+        fake = self.launch("upstream", argv, cpus=self.cpu_side, log_name="fake_upstream.log")
         await procs.wait_port(port, fake, 30)
         self.fake_root = f"http://127.0.0.1:{port}"
         self.fake_base = self.fake_root + "/v1"
@@ -371,9 +385,7 @@ class Bench:
         # More than one worker process cannot live on one pinned core. "Unpinned" must be said
         # explicitly: children inherit the orchestrator's own affinity (CPU 0 when pinning).
         cpus = self.cpu_mid if workers == 1 else (self.cpu_all if self.pin else None)
-        gw = Proc(name, argv, env=env, cpus=cpus, log_path=self.log_dir / log_name, cwd=REPO)
-        gw.start()
-        self.procs[name] = gw
+        gw = self.launch(name, argv, cpus=cpus, env=env, log_name=log_name)
         try:
             await procs.wait_port(port, gw, 60)
             if workers > 1:
@@ -412,16 +424,13 @@ class Bench:
         cfg = self.log_dir / "litellm_config.yaml"
         litellm_env.write_config(cfg, self.fake_base, CHAT_MODEL, EMBED_MODEL)
         env = litellm_env.environment(self.clean_env())
-        lt = Proc(
+        lt = self.launch(
             "litellm",
             litellm_env.command(self.litellm, cfg, port),
-            env=env,
             cpus=self.cpu_mid,
-            log_path=self.log_dir / "litellm.log",
+            env=env,
             cwd=self.log_dir,
         )
-        lt.start()
-        self.procs["litellm"] = lt
         try:
             await procs.wait_port(port, lt, 180)
             await self.wait_http(f"http://127.0.0.1:{port}/health/liveliness", lt, 120)
@@ -1038,16 +1047,7 @@ class Bench:
         answers.write_text(json.dumps(self.echo_answers))
         port = procs.free_port()
         argv = [self.py, "-m", "bench.echo", "--port", str(port), "--answers", str(answers)]
-        echo = Proc(
-            "echo",
-            argv,
-            env=self.clean_env(),
-            cpus=self.cpu_mid,
-            log_path=self.log_dir / "echo.log",
-            cwd=REPO,
-        )
-        echo.start()
-        self.procs["echo"] = echo
+        echo = self.launch("echo", argv, cpus=self.cpu_mid)
         await procs.wait_port(port, echo, 30)
         self.paths["echo"] = PathInfo("echo", "grpc", f"127.0.0.1:{port}", "", echo)
 
@@ -1117,6 +1117,24 @@ class Bench:
             scen["paths"][path] = r
         return scen
 
+    async def workers_point(self, path: str, label: str, *, warm: bool) -> dict[str, Any]:
+        """Unary at c=64 over as many channels (a fresh gateway warmed first)."""
+        p = self.plan
+        if warm and p.workers_warmup > 0:
+            await self.point(
+                path, f"{label}-warm-up", "unary", concurrency=p.c_high,
+                channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
+            )  # fmt: skip
+        return await self.point(
+            path,
+            label,
+            "unary",
+            concurrency=p.c_high,
+            channels=p.c_high,
+            warmup=p.warmup,
+            duration=p.duration,
+        )
+
     async def workers_scaling(self, s: dict[str, Any]) -> dict[str, Any]:
         """The gateway with --workers 2 against 1 under unary c=64, both measured here."""
         p = self.plan
@@ -1138,21 +1156,8 @@ class Bench:
         if self.gateway_workers != 1:  # the main gateway runs N workers: start a 1-worker one
             one = "gateway_w1"
             await self.launch_gateway(one, {}, "gateway-w1.log", workers=1)
-            if p.workers_warmup > 0:
-                await self.point(
-                    one, "workers-1-warm-up", "unary", concurrency=p.c_high,
-                    channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
-                )  # fmt: skip
         try:
-            scen["points"]["workers_1"] = await self.point(
-                one,
-                "workers-1",
-                "unary",
-                concurrency=p.c_high,
-                channels=p.c_high,
-                warmup=p.warmup,
-                duration=p.duration,
-            )
+            scen["points"]["workers_1"] = await self.workers_point(one, "workers-1", warm=one != "gateway")
         finally:
             if one != "gateway":
                 self.stop_middle(one)
@@ -1162,20 +1167,7 @@ class Bench:
             scen["points"]["workers_2"] = {"failed": str(exc)[:400]}
             return scen
         try:
-            if p.workers_warmup > 0:
-                await self.point(
-                    "gateway_w2", "workers-2-warm-up", "unary", concurrency=p.c_high,
-                    channels=p.c_high, warmup=p.workers_warmup, duration=0.2,
-                )  # fmt: skip
-            scen["points"]["workers_2"] = await self.point(
-                "gateway_w2",
-                "workers-2",
-                "unary",
-                concurrency=p.c_high,
-                channels=p.c_high,
-                warmup=p.warmup,
-                duration=p.duration,
-            )
+            scen["points"]["workers_2"] = await self.workers_point("gateway_w2", "workers-2", warm=True)
         finally:
             self.stop_middle("gateway_w2")
         r1 = dig_rps(scen["points"], "workers_1", nested=False)

@@ -430,6 +430,20 @@ func (g *gen) setup() error {
 	return nil
 }
 
+// postJSON posts body and decodes the 200 answer into out.
+func (g *gen) postJSON(ctx context.Context, url string, body []byte, out any) error {
+	resp, err := g.post(ctx, url, body)
+	if err != nil {
+		return err
+	}
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(raw, out)
+}
+
 func (g *gen) post(ctx context.Context, url string, body []byte) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(body))
 	if err != nil {
@@ -468,19 +482,10 @@ func (g *gen) unary(ctx context.Context) (int, error) {
 		}
 		return 1, nil
 	}
-	resp, err := g.post(ctx, g.chatURL, g.chatB)
-	if err != nil {
-		return 0, err
-	}
-	raw, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return 0, err
-	}
 	var body struct {
 		Choices []json.RawMessage `json:"choices"`
 	}
-	if err := json.Unmarshal(raw, &body); err != nil {
+	if err := g.postJSON(ctx, g.chatURL, g.chatB, &body); err != nil {
 		return 0, err
 	}
 	if len(body.Choices) != 1 {
@@ -504,21 +509,12 @@ func (g *gen) embed(ctx context.Context) (int, error) {
 			dims = len(data[0].GetFloats().GetValues())
 		}
 	} else {
-		resp, err := g.post(ctx, g.embURL, g.embB)
-		if err != nil {
-			return 0, err
-		}
-		raw, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return 0, err
-		}
 		var body struct {
 			Data []struct {
 				Embedding []json.RawMessage `json:"embedding"`
 			} `json:"data"`
 		}
-		if err := json.Unmarshal(raw, &body); err != nil {
+		if err := g.postJSON(ctx, g.embURL, g.embB, &body); err != nil {
 			return 0, err
 		}
 		n = len(body.Data)

@@ -3,6 +3,7 @@ transport, and leaves every other response to httpx's public path."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import AsyncIterator
 
@@ -55,33 +56,29 @@ async def _read_all(response: httpx.Response) -> bytes:
     return out
 
 
-def _transport() -> AiohttpTransport:
-    return AiohttpTransport(limit=10, keepalive_expiry=5.0, ssl_context=httpx.create_ssl_context())
+@contextlib.asynccontextmanager
+async def _response(url: str) -> AsyncIterator[httpx.Response]:
+    """A GET through the gateway's own transport, closed afterwards."""
+    transport = AiohttpTransport(limit=10, keepalive_expiry=5.0, ssl_context=httpx.create_ssl_context())
+    try:
+        response = await transport.handle_async_request(httpx.Request("GET", url))
+        try:
+            yield response
+        finally:
+            await response.aclose()
+    finally:
+        await transport.aclose()
 
 
 async def test_through_the_transport(server: str) -> None:
-    transport = _transport()
-    try:
-        response = await transport.handle_async_request(httpx.Request("GET", f"{server}/plain"))
-        try:
-            assert await _read_all(response) == BODY
-        finally:
-            await response.aclose()
-    finally:
-        await transport.aclose()
+    async with _response(f"{server}/plain") as response:
+        assert await _read_all(response) == BODY
 
 
 async def test_compressed_bodies_stay_with_httpx(server: str) -> None:
-    transport = _transport()
-    try:
-        response = await transport.handle_async_request(httpx.Request("GET", f"{server}/zipped"))
-        try:
-            assert event_reader(response) is None
-            assert b"".join([c async for c in response.aiter_bytes()]) == BODY
-        finally:
-            await response.aclose()
-    finally:
-        await transport.aclose()
+    async with _response(f"{server}/zipped") as response:
+        assert event_reader(response) is None
+        assert b"".join([c async for c in response.aiter_bytes()]) == BODY
 
 
 async def test_other_transports_stay_with_httpx(server: str) -> None:
