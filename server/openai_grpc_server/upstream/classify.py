@@ -241,13 +241,6 @@ def classify_exception(exc: BaseException, *, base_url: str = "") -> OpenAIError
         return SslError(f"TLS with the upstream{where} failed (certificate or protocol): {detail}")
     if _is_not_http(exc):
         return ProtocolError(f"the upstream{where} did not answer in HTTP: {detail}")
-    cause = exc.__cause__
-    if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        # A transport that maps aiohttp errors coarsely (httpx-aiohttp turns every connection
-        # error into ConnectTimeout): the aiohttp cause underneath says what happened.
-        name = type(cause).__name__
-        if "Timeout" not in name:
-            return ConnectionFailed(f"the upstream connection failed{where}: {redact(str(cause)) or name}")
     if isinstance(exc, httpx.TimeoutException):
         return Timeout(f"OpenAI did not answer in time{where} ({type(exc).__name__})")
     if isinstance(exc, httpx.ConnectError):
