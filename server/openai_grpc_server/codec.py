@@ -26,7 +26,7 @@ FD = descriptor.FieldDescriptor
 JSON = Any
 
 EXTRA = "extra"
-_JSON_WKT = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+JSON_WKT = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 _INT_TYPES = {
     FD.TYPE_INT64,
     FD.TYPE_INT32,
@@ -39,7 +39,7 @@ _INT_TYPES = {
     FD.TYPE_SFIXED64,
     FD.TYPE_SFIXED32,
 }
-_FLOAT_TYPES = {FD.TYPE_DOUBLE, FD.TYPE_FLOAT}
+FLOAT_TYPES = {FD.TYPE_DOUBLE, FD.TYPE_FLOAT}
 _TEXT = {FD.TYPE_STRING, FD.TYPE_BYTES}
 _INT_RANGE = {
     **dict.fromkeys((FD.TYPE_INT64, FD.TYPE_SINT64, FD.TYPE_SFIXED64), (-(2**63), 2**63 - 1)),
@@ -82,7 +82,7 @@ def is_list_wrapper(desc: descriptor.Descriptor) -> bool:
         desc.name.endswith("List")
         and len(desc.fields) == 1
         and desc.fields[0].is_repeated
-        and desc.full_name not in _JSON_WKT
+        and desc.full_name not in JSON_WKT
     )
 
 
@@ -93,7 +93,7 @@ def envelope_field(desc: descriptor.Descriptor) -> FD | None:
     f = desc.fields[0]
     if f.is_repeated or f.type != FD.TYPE_MESSAGE:
         return None
-    if message_type(f).full_name in _JSON_WKT or message_type(f).GetOptions().map_entry:
+    if message_type(f).full_name in JSON_WKT or message_type(f).GetOptions().map_entry:
         return None
     return f
 
@@ -130,7 +130,7 @@ def _element_kind(f: FD) -> str:
         return "object"
     if f.type == FD.TYPE_BOOL:
         return "bool"
-    if f.type in _INT_TYPES or f.type in _FLOAT_TYPES:
+    if f.type in _INT_TYPES or f.type in FLOAT_TYPES:
         return "number"
     return "string"
 
@@ -210,7 +210,7 @@ def _scalar_fast(f: FD) -> tuple[type, tuple[int, int] | None] | None:
         return bool, None
     if f.type in _INT_TYPES:
         return int, _INT_RANGE[f.type]
-    if f.type in _FLOAT_TYPES:
+    if f.type in FLOAT_TYPES:
         return float, None
     return None
 
@@ -296,7 +296,7 @@ def _scalar(f: FD, value: JSON) -> Any:
         if not lo <= value <= hi:
             raise CodecError(f"{f.name}: {value} is out of range")
         return int(value)
-    if t in _FLOAT_TYPES:
+    if t in FLOAT_TYPES:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CodecError(f"{f.name}: expected a number")
         return float(value)
@@ -326,7 +326,7 @@ def decode_into(value: JSON, msg: Message, *, strict: bool = False) -> None:
     another type still lands in `extra` (OpenAI widens scalars: its own example sends the
     `search_query` list as one string), and so do unknown keys."""
     plan = _plan_of(msg)
-    if plan.desc.full_name in _JSON_WKT:
+    if plan.desc.full_name in JSON_WKT:
         _decode_wkt(value, msg)
         return
     if plan.wrapper:
@@ -370,7 +370,7 @@ def decode_into(value: JSON, msg: Message, *, strict: bool = False) -> None:
 
 
 def _structural(f: FD) -> bool:
-    return f.type == FD.TYPE_MESSAGE and message_type(f).full_name not in _JSON_WKT
+    return f.type == FD.TYPE_MESSAGE and message_type(f).full_name not in JSON_WKT
 
 
 def set_field(msg: Message, f: FD, value: JSON, *, strict: bool = False) -> None:
@@ -397,7 +397,7 @@ def _set_repeated(msg: Message, f: FD, values: list[JSON], strict: bool = False)
         for item in values:
             decode_into(item if item is not None else {}, target.add(), strict=strict)
         return
-    if f.type in _FLOAT_TYPES:
+    if f.type in FLOAT_TYPES:
         # Embeddings: thousands of numbers, converted in C by protobuf (which also takes a JSON
         # true as 1.0); a value it rejects (a string) falls through to the per-item path.
         try:
@@ -457,7 +457,7 @@ def encode(msg: Message) -> JSON:
     Walks only the fields that are set (`ListFields`, in C) rather than every field of the
     type: a chat request has some forty fields and sets four."""
     plan = _plan_of(msg)
-    if plan.desc.full_name in _JSON_WKT:
+    if plan.desc.full_name in JSON_WKT:
         return _ints(json_format.MessageToDict(msg))
     if plan.wrapper:
         f = plan.desc.fields[0]

@@ -124,8 +124,6 @@ def event_too_large(limit: int, sent: int) -> ResponseTooLarge:
 
 
 _FD = descriptor.FieldDescriptor
-_JSON_WKT = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
-_FLOATS = frozenset({_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT})
 _LIST_ITEMS = frozenset({_FD.TYPE_STRING, _FD.TYPE_DOUBLE, _FD.TYPE_FLOAT})
 
 
@@ -198,7 +196,7 @@ def shape_for(desc: descriptor.Descriptor) -> _Shape:
             continue
         if f.type == _FD.TYPE_MESSAGE:
             mt = codec.message_type(f)
-            if mt.GetOptions().map_entry or mt.full_name in _JSON_WKT or codec.is_list_wrapper(mt):
+            if mt.GetOptions().map_entry or mt.full_name in codec.JSON_WKT or codec.is_list_wrapper(mt):
                 continue
             shape.checks[f.name] = (_REPEATED if f.is_repeated else _MESSAGE, shape_for(mt))
         elif f.is_repeated:
@@ -207,7 +205,7 @@ def shape_for(desc: descriptor.Descriptor) -> _Shape:
             shape.checks[f.name] = (_LIST, None)
         elif f.type == _FD.TYPE_BOOL:
             shape.checks[f.name] = (_BOOL, None)
-        elif f.type in _FLOATS:
+        elif f.type in codec.FLOAT_TYPES:
             shape.checks[f.name] = (_FLOAT, None)
         names.add(f.name)
     shape.names = frozenset(names)
