@@ -372,12 +372,9 @@ class Telemetry(RateLimitTelemetry):
         series = self._route(call.route).labels(self.models.label(call.model), "", "ok")
         self.time_to_first_chunk.record(time.perf_counter() - call.started, series.gen_ai)
 
-    def streamed(self, call: Call, n: int) -> None:
-        self.stream_counter(call)(n)
-
     def stream_counter(self, call: Call) -> Callable[[int], None]:
-        """`streamed` for one stream, its labels looked up once instead of per message (after
-        `first_chunk`, which has taught the model name)."""
+        """Counts one stream's relayed events; its labels are looked up once, not per message
+        (after `first_chunk`, which has taught the model name)."""
         series = self._route(call.route).labels(self.models.label(call.model), "", "ok")
         return functools.partial(self.chunks.add, attributes=series.chunks)
 
